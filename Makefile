@@ -1,0 +1,45 @@
+# Two set-up commands on a fresh machine: `make run` and `make test`.
+# Each installs what it needs into .venv (checkov, which pins its own old
+# dependencies, gets a separate venv under .venv/tools).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+
+.PHONY: run test lint typecheck unit infra-check bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.1.47
+
+run: $(STAMP)
+	$(PY) -m broker.standin.demo
+
+test: $(STAMP) $(CHECKOV) lint typecheck infra-check unit
+
+lint: $(STAMP)
+	$(PY) -m ruff check broker tests bench function_app.py
+	$(PY) -m ruff format --check broker tests bench function_app.py
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest
+
+infra-check: $(STAMP) $(CHECKOV)
+	$(PY) tests/infra/run_checkov.py $(CHECKOV)
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

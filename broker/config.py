@@ -1,0 +1,291 @@
+"""Configuration: read once from app settings / the environment into frozen objects.
+
+Every name here is a public contract documented in the README. ``load_settings``
+validates with real checks and raises :class:`~broker.errors.ConfigError` naming
+the offending setting; it never uses ``assert``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+from broker.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+AuthMethod = Literal["client_secret_basic", "client_secret_post"]
+BasicEncoding = Literal["raw", "form"]
+
+PROVIDER_NAME = re.compile(r"^[a-z0-9-]{1,32}$")
+# A tenant is a GUID or a verified domain such as contoso.onmicrosoft.com.
+TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+DEFAULT_PROVIDERS = "ilevel"
+# Seen in two public iLevel client codebases (shared/DOMAIN.md); iLevel's own docs need a login.
+DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
+# ADF's Web activity times out after 60 s by default; a whole token request,
+# retries included, must finish well inside it, leaving room for Key Vault reads.
+DEFAULT_TOKEN_BUDGET_S = 25.0
+
+# Settings the broker reads that apply to the whole process.
+GLOBAL_SETTINGS: tuple[str, ...] = (
+    "KEY_VAULT_URL",
+    "AZURE_CLIENT_ID",
+    "AZURE_AUTHORITY_HOST",
+    "BROKER_TENANT_ID",
+    "BROKER_AUDIENCE",
+    "BROKER_PROVIDERS",
+    "BROKER_TOKEN_BUDGET_SECONDS",
+    "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+)
+# Settings that must be present in a deployment to Azure (the infra cross-check reads this).
+REQUIRED_IN_AZURE: tuple[str, ...] = (
+    "KEY_VAULT_URL",
+    "AZURE_CLIENT_ID",
+    "BROKER_TENANT_ID",
+    "BROKER_AUDIENCE",
+    "BROKER_PROVIDERS",
+)
+# BROKER_<NAME>_<SUFFIX>, one set per provider.
+PROVIDER_SETTING_SUFFIXES: tuple[str, ...] = (
+    "TOKEN_URL",
+    "AUTH_METHOD",
+    "BASIC_ENCODING",
+    "CLIENT_ID_SECRET",
+    "CLIENT_SECRET_SECRET",
+    "SCOPE",
+    "AUDIENCE",
+    "RESOURCE",
+    "ALLOWED_CALLERS",
+    "ALLOWED_ROLES",
+)
+# Without KEY_VAULT_URL, secret "ilevel-client-id" is read from BROKER_SECRET_ILEVEL_CLIENT_ID.
+LOCAL_SECRET_PREFIX = "BROKER_SECRET_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def env_name(provider: str) -> str:
+    """``my-api`` → ``MY_API``: the ``<NAME>`` part of per-provider settings."""
+    return provider.upper().replace("-", "_")
+
+
+def local_secret_variable(secret_name: str) -> str:
+    """The environment variable that holds a secret when no Key Vault is configured."""
+    return LOCAL_SECRET_PREFIX + secret_name.upper().replace("-", "_")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback literals (127.0.0.0/8, ::1)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One upstream token endpoint and who may get its tokens."""
+
+    name: str
+    token_url: str
+    auth_method: AuthMethod = "client_secret_basic"
+    basic_encoding: BasicEncoding = "raw"
+    client_id_secret: str = ""
+    client_secret_secret: str = ""
+    extra_params: tuple[tuple[str, str], ...] = ()
+    allowed_callers: frozenset[str] = frozenset()
+    allowed_roles: frozenset[str] = frozenset()
+
+    @property
+    def serves_nobody(self) -> bool:
+        return not self.allowed_callers and not self.allowed_roles
+
+    def setting(self, suffix: str) -> str:
+        """The full app-setting name for one of this provider's settings."""
+        return f"BROKER_{env_name(self.name)}_{suffix}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the broker reads from its environment, validated."""
+
+    providers: Mapping[str, ProviderConfig]
+    key_vault_url: str | None = None
+    managed_identity_client_id: str | None = None
+    authority_host: str = DEFAULT_AUTHORITY
+    tenant_id: str = ""
+    audiences: frozenset[str] = frozenset()
+    token_budget_s: float = DEFAULT_TOKEN_BUDGET_S
+    caller_auth_disabled: bool = False
+    running_in_azure: bool = False
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, f"must be true or false, got {value!r}")
+
+
+def _url(name: str, value: str, *, allow_loopback_http: bool) -> str:
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    if parts.scheme == "http" and parts.hostname and allow_loopback_http and is_loopback_host(parts.hostname):
+        return value
+    rule = "an https URL (http only for a loopback host)" if allow_loopback_http else "an https URL"
+    raise ConfigError(name, f"must be {rule}, got {value!r}")
+
+
+def _provider(env: Mapping[str, str], name: str) -> ProviderConfig:
+    prefix = f"BROKER_{env_name(name)}_"
+
+    def get(suffix: str) -> str:
+        return env.get(prefix + suffix, "").strip()
+
+    token_url = get("TOKEN_URL") or DEFAULT_TOKEN_URLS.get(name, "")
+    if not token_url:
+        raise ConfigError(prefix + "TOKEN_URL", f"is required for provider {name!r} (the OAuth2 token endpoint URL)")
+    token_url = _url(prefix + "TOKEN_URL", token_url, allow_loopback_http=True)
+
+    method = get("AUTH_METHOD") or "client_secret_basic"
+    if method not in ("client_secret_basic", "client_secret_post"):
+        raise ConfigError(prefix + "AUTH_METHOD", f"must be client_secret_basic or client_secret_post, got {method!r}")
+    encoding = get("BASIC_ENCODING") or "raw"
+    if encoding not in ("raw", "form"):
+        raise ConfigError(prefix + "BASIC_ENCODING", f"must be raw or form, got {encoding!r}")
+
+    secret_names = {}
+    for suffix, default in (("CLIENT_ID_SECRET", f"{name}-client-id"), ("CLIENT_SECRET_SECRET", f"{name}-client-secret")):
+        secret = get(suffix) or default
+        # Key Vault secret names: 1-127 characters, alphanumerics and dashes.
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,127}", secret):
+            raise ConfigError(prefix + suffix, f"must be a Key Vault secret name (letters, digits, '-'), got {secret!r}")
+        secret_names[suffix] = secret
+
+    extras = tuple((key.lower(), get(key)) for key in ("SCOPE", "AUDIENCE", "RESOURCE") if get(key))
+    return ProviderConfig(
+        name=name,
+        token_url=token_url,
+        auth_method=method,  # type: ignore[arg-type]
+        basic_encoding=encoding,  # type: ignore[arg-type]
+        client_id_secret=secret_names["CLIENT_ID_SECRET"],
+        client_secret_secret=secret_names["CLIENT_SECRET_SECRET"],
+        extra_params=extras,
+        allowed_callers=frozenset(_split(get("ALLOWED_CALLERS"))),
+        allowed_roles=frozenset(_split(get("ALLOWED_ROLES"))),
+    )
+
+
+def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]:
+    known = set(GLOBAL_SETTINGS)
+    for name in providers:
+        known.update(f"BROKER_{env_name(name)}_{suffix}" for suffix in PROVIDER_SETTING_SUFFIXES)
+    return sorted(
+        key
+        for key in env
+        if key.startswith("BROKER_") and key not in known and not key.startswith(LOCAL_SECRET_PREFIX)
+    )
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build and validate :class:`Settings`; raise :class:`ConfigError` naming the bad setting."""
+    warnings: list[str] = []
+    names = _split(env.get("BROKER_PROVIDERS", DEFAULT_PROVIDERS))
+    if not names:
+        raise ConfigError("BROKER_PROVIDERS", "must name at least one provider, e.g. 'ilevel'")
+    for name in names:
+        if not PROVIDER_NAME.fullmatch(name):
+            raise ConfigError("BROKER_PROVIDERS", f"provider names must match [a-z0-9-]{{1,32}}, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError("BROKER_PROVIDERS", "lists a provider twice")
+    providers = {name: _provider(env, name) for name in names}
+
+    running_in_azure = bool(env.get("WEBSITE_SITE_NAME", "").strip())
+    auth_disabled = _flag(env, "BROKER_INSECURE_DISABLE_CALLER_AUTH")
+    if auth_disabled and running_in_azure:
+        raise ConfigError(
+            "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+            "is refused when running in Azure (WEBSITE_SITE_NAME is set); remove it from the app settings",
+        )
+
+    vault = env.get("KEY_VAULT_URL", "").strip() or None
+    if vault is not None:
+        vault = _url("KEY_VAULT_URL", vault, allow_loopback_http=False)
+    elif running_in_azure:
+        raise ConfigError("KEY_VAULT_URL", "is required when running in Azure (secrets are read from Key Vault)")
+
+    authority = (env.get("AZURE_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY).rstrip("/")
+    if "://" not in authority:
+        authority = "https://" + authority  # azure-identity accepts a bare host name too
+    authority = _url("AZURE_AUTHORITY_HOST", authority, allow_loopback_http=True)
+
+    tenant = env.get("BROKER_TENANT_ID", "").strip()
+    audiences = frozenset(_split(env.get("BROKER_AUDIENCE")))
+    if not auth_disabled:
+        if not tenant:
+            raise ConfigError("BROKER_TENANT_ID", "is required: the Entra tenant id whose callers are accepted")
+        if not audiences:
+            raise ConfigError("BROKER_AUDIENCE", "is required: the accepted 'aud' values, e.g. api://ilevel-token-broker")
+    if tenant and not TENANT.fullmatch(tenant):
+        raise ConfigError("BROKER_TENANT_ID", f"must be a tenant GUID or domain, got {tenant!r}")
+
+    budget_text = env.get("BROKER_TOKEN_BUDGET_SECONDS", "").strip()
+    try:
+        budget = float(budget_text) if budget_text else DEFAULT_TOKEN_BUDGET_S
+    except ValueError:
+        raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", f"must be a number of seconds, got {budget_text!r}") from None
+    if not 1 <= budget <= 50:
+        raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", "must be between 1 and 50 (ADF's Web activity waits 60 s)")
+
+    for provider in providers.values():
+        if provider.serves_nobody and not auth_disabled:
+            warnings.append(
+                f"provider {provider.name!r} serves nobody: set {provider.setting('ALLOWED_CALLERS')} "
+                f"or {provider.setting('ALLOWED_ROLES')} to allow callers (deny by default)"
+            )
+    for key in _unknown_settings(env, names):
+        warnings.append(f"setting {key} is not one the broker knows; check its spelling (ignored)")
+
+    return Settings(
+        providers=providers,
+        key_vault_url=vault,
+        managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
+        authority_host=authority,
+        tenant_id=tenant,
+        audiences=audiences,
+        token_budget_s=budget,
+        caller_auth_disabled=auth_disabled,
+        running_in_azure=running_in_azure,
+        warnings=tuple(warnings),
+    )
+
+
+def log_warnings(settings: Settings) -> None:
+    """Emit start-up warnings once, where an operator reads them."""
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
+    if settings.caller_auth_disabled:
+        log.warning(
+            "config: CALLER AUTHENTICATION IS OFF (BROKER_INSECURE_DISABLE_CALLER_AUTH): "
+            "anyone who can reach this port gets tokens; local development only"
+        )

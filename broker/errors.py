@@ -1,0 +1,166 @@
+"""The broker's errors, rooted at :class:`BrokerError`.
+
+Each error maps to one HTTP status and one ``error`` code, here and nowhere else;
+the HTTP surface turns them into JSON bodies. Messages say what happened and what
+to do, and name the setting or secret involved. They never carry a secret or token
+value: only names, versions and upstream error codes.
+
+    BrokerError
+    ├── ConfigError                      start-up only: a setting is missing or invalid
+    ├── CallerError                      the request itself is wrong
+    │   ├── InvalidRequest               400 invalid_request
+    │   ├── HeadersTooLarge              431 invalid_request
+    │   ├── InvalidCallerToken           401 invalid_token (+ WWW-Authenticate)
+    │   ├── InsufficientScope            403 insufficient_scope
+    │   └── NotFound                     404 unknown_provider / not_found
+    ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
+    └── UpstreamError                    a dependency failed
+        ├── SecretError                  Key Vault / local secrets
+        │   ├── SecretForbidden          502 key_vault_forbidden
+        │   ├── SecretNotFound           502 secret_not_found
+        │   ├── SecretDisabled           502 secret_disabled
+        │   ├── SecretEmpty              502 secret_empty
+        │   └── SecretStoreUnavailable   503 key_vault_unavailable (+ Retry-After)
+        ├── TokenRejected                502 <the upstream's OAuth error code, e.g. invalid_client>
+        ├── InvalidTokenResponse         502 invalid_response
+        ├── UpstreamUnavailable          503 upstream_unavailable (+ Retry-After)
+        └── UpstreamTimeout              504 upstream_timeout
+"""
+
+from __future__ import annotations
+
+import re
+
+_OAUTH_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class BrokerError(Exception):
+    """Root of every error the broker raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, description: str, *, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later without anyone changing anything."""
+        return self.status in (503, 504)
+
+
+class ConfigError(BrokerError):
+    """A setting is missing or invalid; raised at start-up only."""
+
+    code = "configuration_error"
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+
+
+class CallerError(BrokerError):
+    """The caller's request is at fault; nothing upstream was contacted."""
+
+
+class InvalidRequest(CallerError):
+    status = 400
+    code = "invalid_request"
+
+
+class HeadersTooLarge(CallerError):
+    status = 431
+    code = "invalid_request"
+
+
+class InvalidCallerToken(CallerError):
+    status = 401
+    code = "invalid_token"
+
+
+class InsufficientScope(CallerError):
+    status = 403
+    code = "insufficient_scope"
+
+
+class NotFound(CallerError):
+    status = 404
+
+    def __init__(self, description: str, *, code: str = "not_found") -> None:
+        super().__init__(description)
+        self.code = code
+
+
+class AuthorityUnavailable(BrokerError):
+    status = 503
+    code = "authority_unavailable"
+
+
+class UpstreamError(BrokerError):
+    """A dependency (Key Vault or the token endpoint) failed."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class SecretError(UpstreamError):
+    """Reading a configured secret failed."""
+
+    def __init__(self, description: str, *, secret: str, retry_after: float | None = None) -> None:
+        super().__init__(description, retry_after=retry_after)
+        self.secret = secret
+
+
+class SecretForbidden(SecretError):
+    code = "key_vault_forbidden"
+
+
+class SecretNotFound(SecretError):
+    code = "secret_not_found"
+
+
+class SecretDisabled(SecretError):
+    code = "secret_disabled"
+
+
+class SecretEmpty(SecretError):
+    code = "secret_empty"
+
+
+class SecretStoreUnavailable(SecretError):
+    status = 503
+    code = "key_vault_unavailable"
+
+
+class TokenRejected(UpstreamError):
+    """The token endpoint refused the credentials or the request (an RFC 6749 §5.2 error)."""
+
+    # Rejections that mean "these credentials are wrong": negative-cached, and a reason to
+    # look for another secret version (rotation).
+    CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+
+    def __init__(self, description: str, *, upstream_error: str, upstream_status: int) -> None:
+        super().__init__(description)
+        self.upstream_error = upstream_error
+        self.upstream_status = upstream_status
+        self.code = upstream_error if _OAUTH_CODE.fullmatch(upstream_error) else "upstream_error"
+
+    @property
+    def bad_credentials(self) -> bool:
+        return self.upstream_error in self.CREDENTIAL_ERRORS
+
+
+class InvalidTokenResponse(UpstreamError):
+    code = "invalid_response"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
