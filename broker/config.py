@@ -175,11 +175,16 @@ def _provider(env: Mapping[str, str], name: str) -> ProviderConfig:
         raise ConfigError(prefix + "BASIC_ENCODING", f"must be raw or form, got {encoding!r}")
 
     secret_names = {}
-    for suffix, default in (("CLIENT_ID_SECRET", f"{name}-client-id"), ("CLIENT_SECRET_SECRET", f"{name}-client-secret")):
+    for suffix, default in (
+        ("CLIENT_ID_SECRET", f"{name}-client-id"),
+        ("CLIENT_SECRET_SECRET", f"{name}-client-secret"),
+    ):
         secret = get(suffix) or default
         # Key Vault secret names: 1-127 characters, alphanumerics and dashes.
         if not re.fullmatch(r"[A-Za-z0-9-]{1,127}", secret):
-            raise ConfigError(prefix + suffix, f"must be a Key Vault secret name (letters, digits, '-'), got {secret!r}")
+            raise ConfigError(
+                prefix + suffix, f"must be a Key Vault secret name (letters, digits, '-'), got {secret!r}"
+            )
         secret_names[suffix] = secret
 
     extras = tuple((key.lower(), get(key)) for key in ("SCOPE", "AUDIENCE", "RESOURCE") if get(key))
@@ -201,9 +206,7 @@ def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]
     for name in providers:
         known.update(f"BROKER_{env_name(name)}_{suffix}" for suffix in PROVIDER_SETTING_SUFFIXES)
     return sorted(
-        key
-        for key in env
-        if key.startswith("BROKER_") and key not in known and not key.startswith(LOCAL_SECRET_PREFIX)
+        key for key in env if key.startswith("BROKER_") and key not in known and not key.startswith(LOCAL_SECRET_PREFIX)
     )
 
 
@@ -245,7 +248,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         if not tenant:
             raise ConfigError("BROKER_TENANT_ID", "is required: the Entra tenant id whose callers are accepted")
         if not audiences:
-            raise ConfigError("BROKER_AUDIENCE", "is required: the accepted 'aud' values, e.g. api://ilevel-token-broker")
+            raise ConfigError(
+                "BROKER_AUDIENCE", "is required: the accepted 'aud' values, e.g. api://ilevel-token-broker"
+            )
     if tenant and not TENANT.fullmatch(tenant):
         raise ConfigError("BROKER_TENANT_ID", f"must be a tenant GUID or domain, got {tenant!r}")
 

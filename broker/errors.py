@@ -79,6 +79,10 @@ class InvalidCallerToken(CallerError):
     status = 401
     code = "invalid_token"
 
+    def __init__(self, description: str, *, reason: str = "invalid") -> None:
+        super().__init__(description)
+        self.reason = reason  # a short metric label: missing, malformed, alg, key, signature, audience, ...
+
 
 class InsufficientScope(CallerError):
     status = 403

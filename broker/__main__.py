@@ -1,0 +1,89 @@
+"""Command line: ``python -m broker serve`` and ``python -m broker check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from broker.config import is_loopback_host, load_settings, log_warnings
+from broker.errors import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def load_local_settings(path: Path) -> int:
+    """Copy a local.settings.json's "Values" into the environment (never overriding). Returns how many."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError("--settings", f"cannot read {path}: {type(exc).__name__}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("--settings", f"{path} has no \"Values\" object")
+    count = 0
+    for key, value in values.items():
+        if isinstance(value, str) and key not in os.environ:
+            os.environ[key] = value
+            count += 1
+    return count
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from broker.http import create_app
+    from broker.runtime import Broker
+    from broker.telemetry import configure_exporter
+
+    settings = load_settings(os.environ)
+    if settings.caller_auth_disabled and not is_loopback_host(args.host):
+        raise ConfigError(
+            "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+            f"is refused when binding to a non-loopback address ({args.host}); bind to 127.0.0.1",
+        )
+    log_warnings(settings)
+    configure_exporter(os.environ)
+    app = create_app(Broker(settings))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from broker.check import run_check
+
+    settings = load_settings(os.environ)
+    report = asyncio.run(run_check(settings, args.provider))
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m broker", description="iLevel token broker")
+    parser.add_argument("--settings", type=Path, help="a local.settings.json whose Values fill the environment")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the broker's HTTP API under uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7071)
+    check = commands.add_parser("check", help="diagnose a provider's credentials and token endpoint")
+    check.add_argument("provider", nargs="?", default=None)
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        if args.settings is not None:
+            load_local_settings(args.settings)
+        return _serve(args) if args.command == "serve" else _check(args)
+    except ConfigError as error:
+        print(f"configuration error: {error.description}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

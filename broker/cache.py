@@ -1,0 +1,167 @@
+"""Caching one provider's token: single-flight, refresh-ahead, stale-but-valid.
+
+The cache knows time and concurrency, nothing of OAuth2: it wraps any
+``fetch() -> Token`` coroutine (in production :meth:`broker.source.TokenSource.fetch`).
+All callers run on one event loop, so plain attributes plus one shared task give
+single-flight without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from broker.errors import BrokerError
+from broker.tokens import Token
+
+log = logging.getLogger(__name__)
+
+# Refresh-ahead window: the last 10% of a token's life, at least 60 s and at most 300 s
+# before expiry (azure-identity refreshes 300 s early), never more than half its life.
+REFRESH_FRACTION = 0.10
+REFRESH_MIN_S = 60.0
+REFRESH_MAX_S = 300.0
+# A caller asking for min_validity m would have to wait for a fetch once the token has
+# less than m left, so refresh-ahead also starts this long before that point: enough
+# for a slow token request under steady traffic.
+REFRESH_LEAD_S = 30.0
+# After a failed fetch, requests within this time get the same answer without any
+# upstream traffic: a stream of failing callers is not a stream of fetches.
+FAILURE_HOLD_S = 10.0
+FAILURE_HOLD_MAX_S = 60.0
+# force_refresh=true is honoured at most once per provider per this interval.
+FORCE_INTERVAL_S = 30.0
+
+Outcome = Literal["hit", "fetched", "refreshed", "stale"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a request gets: the token, how it was obtained, and why it is stale (if it is)."""
+
+    token: Token
+    outcome: Outcome
+    stale_reason: BrokerError | None = None
+
+
+def refresh_threshold(token: Token, min_validity: float) -> float:
+    """Remaining seconds at or below which a background refresh starts."""
+    life = token.lifetime
+    window = min(max(REFRESH_FRACTION * life, REFRESH_MIN_S), REFRESH_MAX_S)
+    lead = min_validity + REFRESH_LEAD_S if min_validity > 0 else 0.0
+    return min(max(window, lead), life / 2)
+
+
+def effective_min_validity(token: Token, requested: float) -> float:
+    """Capped at half the token's original life, so short-lived tokens don't force a fetch per request."""
+    return min(requested, token.lifetime / 2)
+
+
+class TokenCache:
+    """The cached token of one provider."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[Token]],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_refresh: Callable[[BrokerError | None], None] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._on_refresh = on_refresh
+        self._token: Token | None = None
+        self._flight: asyncio.Task[Token] | None = None
+        self._flight_is_background = False
+        self._held: tuple[BrokerError, float] | None = None
+        self._last_forced = float("-inf")
+
+    @property
+    def token(self) -> Token | None:
+        return self._token
+
+    @property
+    def fetching(self) -> bool:
+        return self._flight is not None and not self._flight.done()
+
+    async def get(self, *, min_validity: float = 300.0, force: bool = False) -> Served:
+        now = self._clock()
+        token = self._token
+        if force and now - self._last_forced >= FORCE_INTERVAL_S and self._held_error(now) is None:
+            self._last_forced = now
+            return await self._fetch_now(token)
+        if token is not None and token.usable(now):
+            wanted = effective_min_validity(token, min_validity)
+            if token.remaining(now) >= wanted:
+                if token.remaining(now) <= refresh_threshold(token, wanted):
+                    self._refresh_in_background(now)
+                return Served(token, "hit")
+        return await self._fetch_now(token)
+
+    def _held_error(self, now: float) -> BrokerError | None:
+        if self._held is None:
+            return None
+        error, until = self._held
+        if now >= until:
+            self._held = None
+            return None
+        if error.retryable:
+            error.retry_after = max(1.0, until - now)
+        return error
+
+    def _refresh_in_background(self, now: float) -> None:
+        if self.fetching or self._held_error(now) is not None:
+            return
+        self._flight = self._start_flight()
+        self._flight_is_background = True
+
+    def _start_flight(self) -> asyncio.Task[Token]:
+        task = asyncio.get_running_loop().create_task(self._run_fetch())
+        # Background refresh failures are handled in _run_fetch; consume them here too.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._flight_is_background = False
+        return task
+
+    async def _run_fetch(self) -> Token:
+        try:
+            token = await self._fetch()
+        except BrokerError as error:
+            hold = min(max(FAILURE_HOLD_S, error.retry_after or 0.0), FAILURE_HOLD_MAX_S)
+            self._held = (error, self._clock() + hold)
+            if self._on_refresh is not None:
+                self._on_refresh(error)
+            raise
+        self._token = token
+        self._held = None
+        if self._on_refresh is not None:
+            self._on_refresh(None)
+        return token
+
+    async def _fetch_now(self, fallback: Token | None) -> Served:
+        """Wait for a token: join the flight in progress or start one; serve stale-but-valid on failure."""
+        held = self._held_error(self._clock())
+        if held is not None:
+            return self._stale_or_raise(fallback, held)
+        background = self.fetching and self._flight_is_background
+        flight = self._flight if self._flight is not None and self.fetching else None
+        if flight is None:
+            flight = self._flight = self._start_flight()
+        try:
+            token = await asyncio.shield(flight)
+        except BrokerError as error:
+            return self._stale_or_raise(fallback, error)
+        return Served(token, "refreshed" if background else "fetched")
+
+    def _stale_or_raise(self, fallback: Token | None, error: BrokerError) -> Served:
+        if fallback is not None and fallback.usable(self._clock()):
+            log.warning(
+                "serving a stale but still valid token (%.0f s left): refresh failed with %s",
+                fallback.remaining(self._clock()),
+                error.code,
+            )
+            return Served(fallback, "stale", error)
+        raise error.with_traceback(None)

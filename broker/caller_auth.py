@@ -1,0 +1,243 @@
+"""Caller authentication: Entra ID access tokens (v1 and v2) from managed identities.
+
+Signature (RS256 only) against the tenant's signing keys, ``aud`` in BROKER_AUDIENCE,
+issuer from the tenant's own v1 and v2 metadata documents, ``exp``/``nbf`` with 60 s
+leeway. Then per-provider authorization by ``oid``, ``appid``/``azp`` or ``roles``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+
+from broker.config import ProviderConfig, Settings
+from broker.errors import AuthorityUnavailable, InsufficientScope, InvalidCallerToken
+
+log = logging.getLogger(__name__)
+
+LEEWAY_S = 60
+# After the first load, signing keys are refetched for an unknown kid at most this often.
+KEY_REFRESH_INTERVAL_S = 60.0
+# When the metadata has never loaded, a failing authority is retried at most this often.
+METADATA_RETRY_S = 10.0
+# Verified tokens are remembered by SHA-256 so an identical token is not re-verified
+# (RS256 verification costs ~150 µs). Bounded; each entry still honours its exp.
+VERIFIED_CACHE_SIZE = 4096
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as far as authorization cares."""
+
+    oid: str | None
+    app_id: str | None
+    roles: frozenset[str]
+    expires_at: float
+
+    def allowed(self, provider: ProviderConfig) -> bool:
+        ids = {i for i in (self.oid, self.app_id) if i}
+        return bool(ids & provider.allowed_callers) or bool(self.roles & provider.allowed_roles)
+
+    def describe(self) -> str:
+        return f"oid={self.oid or '-'} appid={self.app_id or '-'}"
+
+
+LOCAL_DEVELOPER = Caller(oid="local-developer", app_id=None, roles=frozenset(), expires_at=float("inf"))
+
+
+def authorize(caller: Caller, provider: ProviderConfig, *, auth_disabled: bool) -> None:
+    if auth_disabled or caller.allowed(provider):
+        return
+    raise InsufficientScope(
+        f"This caller is not allowed tokens for provider {provider.name!r}. Ask an administrator to assign "
+        f"the app role or add the caller's object id to {provider.setting('ALLOWED_CALLERS')}."
+    )
+
+
+class SigningKeys:
+    """The tenant's issuers and signing keys, loaded lazily, refreshed sparingly, never emptied by a failure."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        authority: str,
+        tenant: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._v2_url = f"{authority}/{tenant}/v2.0/.well-known/openid-configuration"
+        self._v1_url = f"{authority}/{tenant}/.well-known/openid-configuration"
+        self._clock = clock
+        self._jwks_uri: str | None = None
+        self.issuers: frozenset[str] = frozenset()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._loaded_at = float("-inf")
+        self._failed_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str) -> jwt.PyJWK | None:
+        if kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:
+            if kid not in self._keys and self._may_refresh():
+                await self._refresh()
+        return self._keys.get(kid)
+
+    async def ensure_loaded(self) -> None:
+        if self._jwks_uri is not None:
+            return
+        async with self._lock:
+            if self._jwks_uri is None:
+                if self._clock() - self._failed_at < METADATA_RETRY_S:
+                    raise self._unavailable()
+                await self._refresh()
+
+    def _may_refresh(self) -> bool:
+        return self._clock() - max(self._loaded_at, self._failed_at) >= KEY_REFRESH_INTERVAL_S
+
+    async def _refresh(self) -> None:
+        try:
+            if self._jwks_uri is None:
+                v2 = await self._get_json(self._v2_url)
+                v1 = await self._get_json(self._v1_url)
+                issuers = {v2.get("issuer"), v1.get("issuer")}
+                if not all(isinstance(i, str) and i for i in issuers) or not isinstance(v2.get("jwks_uri"), str):
+                    raise ValueError("metadata lacks issuer or jwks_uri")
+                jwks = await self._get_json(v2["jwks_uri"])
+                self.issuers = frozenset(str(i) for i in issuers)
+                self._jwks_uri = v2["jwks_uri"]
+            else:
+                jwks = await self._get_json(self._jwks_uri)
+            keys = jwt.PyJWKSet.from_dict(jwks).keys
+        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            self._failed_at = self._clock()
+            if self._jwks_uri is None:
+                log.error("caller-auth: cannot load the tenant's signing keys from %s: %s", self._v2_url, exc)
+                raise self._unavailable() from exc
+            log.warning("caller-auth: signing-key refresh failed (%s); keeping the %d known keys", exc, len(self._keys))
+            return
+        self._keys = {k.key_id: k for k in keys if k.key_id}
+        self._loaded_at = self._clock()
+        log.info("caller-auth: loaded %d signing keys", len(self._keys))
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        response = await self._http.get(url, timeout=10.0)
+        response.raise_for_status()
+        payload = response.json()
+        if not isinstance(payload, dict):
+            raise ValueError(f"{url} did not return a JSON object")
+        return payload
+
+    def _unavailable(self) -> AuthorityUnavailable:
+        return AuthorityUnavailable(
+            "The broker cannot load Entra ID signing keys to check the caller's token; "
+            "check AZURE_AUTHORITY_HOST and BROKER_TENANT_ID, or retry later.",
+            retry_after=METADATA_RETRY_S,
+        )
+
+
+class CallerAuthenticator:
+    """Validates bearer tokens; remembers verified ones until they expire."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keys: SigningKeys,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._audiences = list(settings.audiences)
+        self._keys = keys
+        self._clock = clock
+        self._verified: OrderedDict[bytes, Caller] = OrderedDict()
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        token = _bearer(authorization)
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            if now < cached.expires_at + LEEWAY_S:
+                return cached
+            del self._verified[digest]
+        caller = await self._verify(token, now)
+        self._verified[digest] = caller
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return caller
+
+    async def _verify(self, token: str, now: float) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _invalid("malformed", "the token is not a well-formed JWT") from None
+        if header.get("alg") != "RS256":
+            raise _invalid("alg", "the token is not signed with RS256")
+        kid = header.get("kid")
+        await self._keys.ensure_loaded()
+        key = await self._keys.key(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise _invalid("unknown_key", "the token is not signed by a key of the configured tenant")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self._audiences,
+                issuer=self._keys.issuers,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _invalid("expired", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _invalid("not_yet_valid", "the token is not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid(
+                "audience", "the token's audience is not accepted (check the resource the caller asks for)"
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise _invalid("issuer", "the token was not issued by the configured tenant") from None
+        except jwt.InvalidSignatureError:
+            raise _invalid("signature", "the token's signature is invalid") from None
+        except jwt.PyJWTError:
+            raise _invalid("invalid", "the token could not be validated") from None
+        roles = claims.get("roles")
+        return Caller(
+            oid=_str_claim(claims, "oid"),
+            app_id=_str_claim(claims, "appid") or _str_claim(claims, "azp"),
+            roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
+            expires_at=float(claims["exp"]),
+        )
+
+
+def _str_claim(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise _invalid("missing", "no bearer token was sent (Authorization: Bearer <Entra ID access token>)")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _invalid("malformed", "the Authorization header is not 'Bearer <token>'")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise _invalid("malformed", "the token is too large")
+    return token
+
+
+def _invalid(reason: str, explanation: str) -> InvalidCallerToken:
+    return InvalidCallerToken(f"The caller token is missing or invalid: {explanation}.", reason=reason)

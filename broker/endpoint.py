@@ -1,0 +1,344 @@
+"""The OAuth2 client-credentials request (RFC 6749 §4.4): POST, parse strictly, retry what can succeed.
+
+This module knows OAuth2 and nothing of caching. It turns every httpx failure and
+every bad answer into a :mod:`broker.errors` error at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+import httpx
+
+from broker.config import ProviderConfig
+from broker.errors import (
+    BrokerError,
+    InvalidTokenResponse,
+    TokenRejected,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from broker.secrets import Credentials
+from broker.tokens import Secret, Token
+
+log = logging.getLogger(__name__)
+
+# x/oauth2 caps token responses at 1 MiB; a token response is a few KiB at most.
+MAX_BODY_BYTES = 1 << 20
+# RFC 6749 makes expires_in optional; without it we cannot know, so keep it briefly.
+DEFAULT_LIFETIME_S = 300.0
+# A token claiming to live longer than a day is cached for a day at most.
+MAX_LIFETIME_S = 24 * 3600.0
+USER_AGENT = "ilevel-token-broker/1.0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter, inside an overall budget."""
+
+    max_attempts: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 4.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)))
+
+
+class _Retryable(Exception):
+    """One failed attempt worth repeating; carries the error to raise if it is the last."""
+
+    def __init__(self, error: UpstreamError, retry_after: float | None = None) -> None:
+        super().__init__(error.description)
+        self.error = error
+        self.retry_after = retry_after
+
+
+def basic_header(client_id: str, client_secret: str, *, form_encode: bool) -> str:
+    """``Basic base64(id:secret)``; RFC 6749 §2.3.1 form-encodes both parts first, iLevel's clients don't."""
+    if form_encode:
+        client_id, client_secret = quote_plus(client_id), quote_plus(client_secret)
+    return "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+
+
+class TokenEndpoint:
+    """Requests tokens from one provider's token endpoint."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        provider: ProviderConfig,
+        *,
+        budget_s: float,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._http = http
+        self._provider = provider
+        self._budget_s = budget_s
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._host = urlsplit(provider.token_url).netloc
+
+    async def request(
+        self,
+        credentials: Credentials,
+        *,
+        auth_method: str | None = None,
+        basic_encoding: str | None = None,
+    ) -> Token:
+        """One token, retrying network errors, 5xx and 429 within the budget."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            left = self._budget_s - (time.monotonic() - start)
+            try:
+                return await self._attempt(credentials, left, auth_method, basic_encoding)
+            except _Retryable as failure:
+                left = self._budget_s - (time.monotonic() - start)
+                delay = self._delay(failure, attempt, left)
+                if delay is None:
+                    error = failure.error
+                    if failure.retry_after is not None:
+                        error.retry_after = failure.retry_after
+                    raise error from None
+                log.info(
+                    "token endpoint %s attempt %d failed (%s); retrying in %.2f s",
+                    self._host,
+                    attempt,
+                    failure.error.code,
+                    delay,
+                )
+                await self._sleep(delay)
+
+    def _delay(self, failure: _Retryable, attempt: int, left: float) -> float | None:
+        """How long to wait before the next attempt, or None to give up now."""
+        if attempt >= self._retry.max_attempts:
+            return None
+        if failure.retry_after is not None:
+            # Honour Retry-After when it fits the budget; otherwise give up and pass it on.
+            return failure.retry_after if failure.retry_after < left - 1 else None
+        delay = self._retry.backoff(attempt, self._rng)
+        return delay if delay < left - 1 else None
+
+    async def _attempt(self, credentials: Credentials, left: float, method: str | None, encoding: str | None) -> Token:
+        if left <= 0:
+            raise UpstreamTimeout(f"The token endpoint {self._host} did not answer within the budget; retry later.")
+        headers, form = self._compose(credentials, method, encoding)
+        timeout = httpx.Timeout(
+            connect=min(self._retry.connect_timeout_s, left),
+            read=min(self._retry.read_timeout_s, left),
+            write=min(self._retry.read_timeout_s, left),
+            pool=min(self._retry.connect_timeout_s, left),
+        )
+        sent_at = self._clock()
+        try:
+            async with self._http.stream(
+                "POST", self._provider.token_url, data=form, headers=headers, timeout=timeout
+            ) as response:
+                body = await _read_capped(response, self._host)
+        except BrokerError:
+            raise
+        except httpx.TimeoutException as exc:
+            phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+            raise _Retryable(
+                UpstreamTimeout(f"Timed out {phase} the token endpoint {self._host}; retry later.")
+            ) from exc
+        except httpx.TransportError as exc:
+            raise self._network_error(exc) from exc
+        return self._parse(response, body, sent_at, credentials)
+
+    def _compose(
+        self, credentials: Credentials, method: str | None, encoding: str | None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        method = method or self._provider.auth_method
+        encoding = encoding or self._provider.basic_encoding
+        client_id = credentials.client_id.value.reveal()
+        client_secret = credentials.client_secret.value.reveal()
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        form = {"grant_type": "client_credentials"}
+        form.update(self._provider.extra_params)
+        if method == "client_secret_post":
+            form.update(client_id=client_id, client_secret=client_secret)
+        else:
+            headers["Authorization"] = basic_header(client_id, client_secret, form_encode=encoding == "form")
+        return headers, form
+
+    def _network_error(self, exc: httpx.TransportError) -> Exception:
+        cause = _root_cause(exc)
+        if isinstance(cause, ssl.SSLError):
+            # A certificate problem won't fix itself on retry.
+            reason = getattr(cause, "reason", None) or "SSL error"
+            return UpstreamUnavailable(
+                f"TLS handshake with the token endpoint {self._host} failed ({reason}); "
+                "check the URL and the CA trust (SSL_CERT_FILE).",
+                retry_after=60,
+            )
+        text = str(cause).lower()
+        if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+            reason = "DNS lookup failed"
+        elif "refused" in text:
+            reason = "connection refused"
+        else:
+            reason = type(exc).__name__
+        return _Retryable(
+            UpstreamUnavailable(
+                f"The token endpoint {self._host} is unreachable ({reason}); check the provider's TOKEN_URL "
+                "setting and the network, or retry later.",
+                retry_after=30,
+            )
+        )
+
+    def _parse(self, response: httpx.Response, body: bytes, sent_at: float, credentials: Credentials) -> Token:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+            raise _Retryable(
+                UpstreamUnavailable(
+                    f"The token endpoint {self._host} answered {status}; retry later.",
+                    retry_after=retry_after or 30,
+                ),
+                retry_after,
+            )
+        payload = _json_object(body)
+        if status != 200 or (payload is not None and "error" in payload):
+            raise self._rejection(status, payload, credentials)
+        if payload is None:
+            raise InvalidTokenResponse(
+                f"The token endpoint {self._host} returned an invalid response: the body is not a JSON object "
+                f"(content type {response.headers.get('content-type', 'none')!r}). Check the provider's TOKEN_URL."
+            )
+        return self._token(payload, sent_at, credentials)
+
+    def _rejection(self, status: int, payload: dict[str, Any] | None, credentials: Credentials) -> BrokerError:
+        if payload is not None and isinstance(payload.get("error"), str):
+            error = payload["error"]
+            detail = _scrub(str(payload.get("error_description") or ""), credentials)
+        elif status == 401:
+            error, detail = "invalid_client", ""
+        else:
+            return TokenRejected(
+                f"The token endpoint {self._host} answered HTTP {status} without an OAuth2 error; "
+                "check the provider's TOKEN_URL setting.",
+                upstream_error="upstream_error",
+                upstream_status=status,
+            )
+        description = f"The token endpoint {self._host} rejected the request: {error}"
+        if detail:
+            description += f" ({detail})"
+        if error in TokenRejected.CREDENTIAL_ERRORS:
+            description += f". It refused the client credentials in {credentials.describe()}: check their values"
+            description += f" and BROKER_{self._provider.name.upper().replace('-', '_')}_AUTH_METHOD."
+        else:
+            description += "."
+        return TokenRejected(description, upstream_error=error, upstream_status=status)
+
+    def _token(self, payload: dict[str, Any], sent_at: float, credentials: Credentials) -> Token:
+        def invalid(problem: str) -> InvalidTokenResponse:
+            return InvalidTokenResponse(f"The token endpoint {self._host} returned an invalid response: {problem}.")
+
+        access_token = payload.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise invalid("access_token is missing or empty")
+        token_type = payload.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise invalid(f"token_type is {str(token_type)[:20]!r}, only Bearer is supported")
+        lifetime = _lifetime(payload.get("expires_in"), "expires_in" in payload)
+        if lifetime is None:
+            raise invalid("expires_in must be a positive number of seconds")
+        return Token(
+            access_token=Secret(access_token),
+            obtained_at=sent_at,
+            expires_at=sent_at + lifetime,
+            token_type="Bearer",
+            credential_versions=credentials.versions,
+        )
+
+
+def _lifetime(value: Any, present: bool) -> float | None:
+    if not present or value is None:
+        return DEFAULT_LIFETIME_S
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or value != value or value <= 0:
+        return None
+    return min(float(value), MAX_LIFETIME_S)
+
+
+async def _read_capped(response: httpx.Response, host: str) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InvalidTokenResponse(f"The token endpoint {host} returned an invalid response: the body is over 1 MiB.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InvalidTokenResponse(
+                f"The token endpoint {host} returned an invalid response: the body is over 1 MiB."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _scrub(text: str, credentials: Credentials) -> str:
+    """Upstream text may echo what we sent: mask it, keep it short, keep it one line."""
+    for value in (credentials.client_secret.value.reveal(), credentials.client_id.value.reveal()):
+        if value:
+            text = text.replace(value, "***")
+    return " ".join(text.split())[:200]
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen: BaseException = exc
+    while not isinstance(seen, ssl.SSLError):
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None:
+            break
+        seen = nxt
+    return seen
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,211 @@
+"""The HTTP surface: one ASGI app, hosted by Azure Functions and by uvicorn alike.
+
+Order of checks, so an unauthenticated caller learns nothing: oversized headers (431)
+→ caller token (401) → route and method (404/405) → parameters (400) → provider
+(404) → authorization (403) → token (200, or 502/503/504). ``/api/health`` is
+anonymous and touches nothing upstream. The one place errors become responses is
+:func:`error_response`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from broker.cache import Served
+from broker.caller_auth import Caller
+from broker.config import PROVIDER_NAME
+from broker.errors import BrokerError, HeadersTooLarge, InvalidCallerToken, InvalidRequest, NotFound
+from broker.runtime import Broker
+from broker.tokens import Token
+
+log = logging.getLogger("broker.access")
+errors_log = logging.getLogger("broker.errors")
+
+MAX_QUERY_BYTES = 4 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+# ADF's Web activity max: min_validity is honoured up to an hour.
+MAX_MIN_VALIDITY_S = 3600
+DEFAULT_MIN_VALIDITY_S = 300
+# "code" is the Functions key, should anyone switch key auth on.
+QUERY_PARAMETERS = frozenset({"min_validity", "force_refresh", "code"})
+STALE_HEADER = "X-Broker-Token-Stale"
+REQUEST_ID_HEADER = "X-Request-Id"
+REALM = "ilevel-token-broker"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+
+
+def token_body(token: Token, now: float) -> dict[str, Any]:
+    """The 200 body: what ADF reads as ``@activity('…').output.<field>``."""
+    return {
+        "access_token": token.access_token.reveal(),
+        "token_type": "Bearer",
+        "expires_in": max(0, int(token.remaining(now))),
+        "expires_on": int(token.expires_at),
+    }
+
+
+def error_response(error: BrokerError, request_id: str) -> JSONResponse:
+    headers = dict(NO_STORE)
+    headers[REQUEST_ID_HEADER] = request_id
+    if isinstance(error, InvalidCallerToken):
+        headers["WWW-Authenticate"] = f'Bearer realm="{REALM}", error="invalid_token"'
+    elif error.status == 403:
+        headers["WWW-Authenticate"] = f'Bearer realm="{REALM}", error="insufficient_scope"'
+    if error.retry_after is not None and error.status in (429, 503, 504):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return JSONResponse(
+        {"error": error.code, "error_description": error.description}, status_code=error.status, headers=headers
+    )
+
+
+def _internal_error(request_id: str) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": "internal_error",
+            "error_description": f"The broker failed unexpectedly; the operator finds request {request_id} in its log.",
+        },
+        status_code=500,
+        headers={**NO_STORE, REQUEST_ID_HEADER: request_id},
+    )
+
+
+def _query(request: Request) -> tuple[int, bool]:
+    raw = request.scope.get("query_string", b"")
+    if len(raw) > MAX_QUERY_BYTES:
+        raise InvalidRequest("The query string is over 4 KiB.")
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("The query string is malformed.") from None
+    seen: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in QUERY_PARAMETERS:
+            named = repr(key) if _SAFE_NAME.fullmatch(key) else "a parameter"
+            raise InvalidRequest(f"Unknown query parameter {named}; allowed: min_validity, force_refresh.")
+        if key in seen:
+            raise InvalidRequest(f"Query parameter {key!r} is given twice.")
+        seen[key] = value
+    min_validity = seen.get("min_validity", str(DEFAULT_MIN_VALIDITY_S))
+    if not re.fullmatch(r"[0-9]{1,5}", min_validity) or int(min_validity) > MAX_MIN_VALIDITY_S:
+        raise InvalidRequest("min_validity must be a whole number of seconds from 0 to 3600.")
+    force = seen.get("force_refresh", "false").lower()
+    if force not in ("true", "1", "false", "0"):
+        raise InvalidRequest("force_refresh must be true, 1, false or 0.")
+    return int(min_validity), force in ("true", "1")
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def create_app(broker: Broker) -> Starlette:
+    """The broker's ASGI application."""
+
+    async def health(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return JSONResponse({"error": "method_not_allowed"}, status_code=405, headers={"Allow": "GET, HEAD"})
+        return JSONResponse({"status": "ok"}, headers=NO_STORE)
+
+    async def dispatch(request: Request) -> Response:
+        request_id = _request_id(request)
+        started = time.perf_counter()
+        caller: Caller | None = None
+        provider = "-"
+        outcome = "error"
+        served: Served | None = None
+        try:
+            if sum(len(k) + len(v) for k, v in request.headers.raw) > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("The request headers are over 16 KiB.")
+            try:
+                caller = await broker.authenticate(request.headers.get("authorization"))
+            except InvalidCallerToken as error:
+                broker.telemetry.caller_rejected(error.reason)
+                raise
+            match = _TOKEN_PATH.fullmatch(request.url.path)
+            if match is None:
+                raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
+            if request.method not in ("GET", "POST"):
+                return JSONResponse(
+                    {"error": "method_not_allowed", "error_description": "Use GET or POST."},
+                    status_code=405,
+                    headers={"Allow": "GET, POST", REQUEST_ID_HEADER: request_id},
+                )
+            min_validity, force = _query(request)
+            name = match.group(1)
+            if not PROVIDER_NAME.fullmatch(name):
+                raise InvalidRequest("A provider name is 1 to 32 characters of a-z, 0-9 and '-'.")
+            provider = name
+            served = await broker.token(caller, name, min_validity=min_validity, force=force)
+            now = broker.clock()
+            outcome = served.outcome
+            broker.telemetry.token_served(name, served, now)
+            response: Response = JSONResponse(
+                token_body(served.token, now), headers={**NO_STORE, REQUEST_ID_HEADER: request_id}
+            )
+            if served.stale_reason is not None:
+                response.headers[STALE_HEADER] = served.stale_reason.code
+            return response
+        except BrokerError as error:
+            outcome = error.code
+            if provider != "-":
+                broker.telemetry.token_failed(provider, error)
+            if error.status >= 500:
+                errors_log.error("request %s: %s %s", request_id, error.code, error.description)
+            return error_response(error, request_id)
+        except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
+            outcome = "internal_error"
+            errors_log.exception("request %s failed unexpectedly", request_id)
+            return _internal_error(request_id)
+        finally:
+            log.info(
+                "request id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s token=%s latency_ms=%.1f",
+                request_id,
+                provider,
+                caller.oid if caller else "-",
+                caller.app_id if caller else "-",
+                outcome,
+                served.token.access_token.fingerprint() if served else "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await broker.aclose()
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [
+        Route("/api/health", health, methods=methods),
+        Route("/{path:path}", dispatch, methods=methods),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.broker = broker
+    return app
+
+
+def app_from_environment(env: Callable[[], dict[str, str]] | None = None) -> Starlette:
+    """Load settings from the environment, log their warnings, and build the app."""
+    import os
+
+    from broker.config import load_settings, log_warnings
+
+    settings = load_settings(env() if env else dict(os.environ))
+    log_warnings(settings)
+    return create_app(Broker(settings))

@@ -1,0 +1,110 @@
+"""Wiring: one HTTP client, one secret store, and per provider a source and a cache.
+
+Built once per process from :class:`~broker.config.Settings`. Tests pass their own
+secret store, clock, sleep and retry policy; nothing is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from broker.cache import Served, TokenCache
+from broker.caller_auth import LOCAL_DEVELOPER, Caller, CallerAuthenticator, SigningKeys, authorize
+from broker.config import ProviderConfig, Settings
+from broker.endpoint import RetryPolicy, TokenEndpoint
+from broker.errors import NotFound
+from broker.secrets import SecretClientLike, SecretStore, build_secret_store
+from broker.source import TokenSource
+from broker.telemetry import Telemetry
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overrides:
+    """Parts a test or benchmark replaces with its own (real) components."""
+
+    secret_store: SecretStore | None = None
+    secret_client: SecretClientLike | None = None
+    http: httpx.AsyncClient | None = None
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    telemetry: Telemetry | None = None
+
+
+@dataclass(frozen=True)
+class Provider:
+    config: ProviderConfig
+    source: TokenSource
+    cache: TokenCache
+
+
+class Broker:
+    """Everything a request needs, shared by all requests of the process."""
+
+    def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
+        o = overrides or Overrides()
+        self.settings = settings
+        self.clock = o.clock
+        self.telemetry = o.telemetry or Telemetry()
+        # One client for the token endpoints and Entra metadata; explicit timeouts everywhere.
+        self.http = o.http or httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
+        )
+        self.secrets = o.secret_store or build_secret_store(
+            vault_url=settings.key_vault_url,
+            identity_client_id=settings.managed_identity_client_id,
+            client=o.secret_client,
+        )
+        self.providers: dict[str, Provider] = {}
+        for name, config in settings.providers.items():
+            endpoint = TokenEndpoint(
+                self.http,
+                config,
+                budget_s=settings.token_budget_s,
+                retry=o.retry,
+                clock=o.clock,
+                sleep=o.sleep,
+            )
+            source = TokenSource(
+                config,
+                self.telemetry.instrument_secrets(self.secrets, name),
+                self.telemetry.instrument_endpoint(endpoint, name),
+                clock=o.clock,
+            )
+            self.providers[name] = Provider(config, source, TokenCache(source.fetch, clock=o.clock))
+        self.authenticator: CallerAuthenticator | None = None
+        if not settings.caller_auth_disabled:
+            keys = SigningKeys(
+                self.http, authority=settings.authority_host, tenant=settings.tenant_id, clock=o.monotonic
+            )
+            self.authenticator = CallerAuthenticator(settings, keys, clock=o.clock)
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        if self.authenticator is None:
+            return LOCAL_DEVELOPER
+        return await self.authenticator.authenticate(authorization)
+
+    def provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            raise NotFound(
+                f"Unknown provider {name!r}; the configured providers are listed in BROKER_PROVIDERS.",
+                code="unknown_provider",
+            )
+        return provider
+
+    async def token(self, caller: Caller, name: str, *, min_validity: float, force: bool) -> Served:
+        provider = self.provider(name)
+        authorize(caller, provider.config, auth_disabled=self.settings.caller_auth_disabled)
+        return await provider.cache.get(min_validity=min_validity, force=force)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,275 @@
+"""Reading the upstream client credentials: from Key Vault, or from the environment locally.
+
+The Key Vault client is azure-keyvault-secrets' synchronous ``SecretClient`` run in a
+worker thread: secrets are read only when a token is fetched (about once an hour),
+so a thread costs nothing, and the sync transport (requests) honours
+``REQUESTS_CA_BUNDLE`` the way users expect. Every azure-core exception is
+translated here, at the boundary, into the :mod:`broker.errors` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from broker.config import local_secret_variable
+from broker.errors import (
+    SecretDisabled,
+    SecretEmpty,
+    SecretError,
+    SecretForbidden,
+    SecretNotFound,
+    SecretStoreUnavailable,
+)
+from broker.tokens import Secret, fingerprint
+
+log = logging.getLogger(__name__)
+
+# Key Vault's own guidance is to back off 1, 2, 4, 8, 16 s on 429; the SDK's retry
+# policy does that within our budget, and a caller that still sees a 503 is told to
+# come back after this long.
+KEY_VAULT_RETRY_AFTER_S = 10
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """One secret as read: its name, its version and its (hidden) value."""
+
+    name: str
+    version: str
+    value: Secret
+
+    def describe(self) -> str:
+        return f"{self.name} (version {self.version})"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A client id and secret read together; ``versions`` identifies the pair."""
+
+    client_id: SecretValue
+    client_secret: SecretValue
+
+    @property
+    def versions(self) -> tuple[str, str]:
+        return (self.client_id.version, self.client_secret.version)
+
+    def describe(self) -> str:
+        return f"secrets {self.client_id.describe()} and {self.client_secret.describe()}"
+
+
+class SecretStore(Protocol):
+    """Where secrets come from. Implementations translate their errors into SecretError."""
+
+    location: str
+
+    async def read(self, name: str, version: str | None = None) -> SecretValue: ...
+
+
+def clean_secret(name: str, raw: str) -> Secret:
+    """Strip surrounding whitespace (warning by name), refuse empty values."""
+    value = raw.strip()
+    if not value:
+        raise SecretEmpty(
+            f"Secret {name!r} is empty or only whitespace; put the real value in it.",
+            secret=name,
+        )
+    if value != raw:
+        log.warning("secrets: value of secret %r had surrounding whitespace; it was stripped", name)
+    return Secret(value)
+
+
+class EnvironmentSecretStore:
+    """Local development: secret ``ilevel-client-id`` comes from ``BROKER_SECRET_ILEVEL_CLIENT_ID``.
+
+    Read at every fetch, so changing the variable (e.g. in a test) acts like a new version.
+    """
+
+    location = "the environment (no KEY_VAULT_URL set)"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if env is None else env
+
+    async def read(self, name: str, version: str | None = None) -> SecretValue:
+        variable = local_secret_variable(name)
+        raw = self._env.get(variable)
+        if raw is None:
+            raise SecretNotFound(
+                f"Secret {name!r} is not set: with no KEY_VAULT_URL, set the environment variable {variable}.",
+                secret=name,
+            )
+        value = clean_secret(name, raw)
+        # Locally there are no versions; a fingerprint stands in so that a changed value counts as new.
+        return SecretValue(name=name, version="env-" + fingerprint(value.reveal()), value=value)
+
+
+class SecretClientLike(Protocol):
+    """The part of azure.keyvault.secrets.SecretClient the broker uses."""
+
+    def get_secret(self, name: str, version: str | None = None, **kwargs: Any) -> Any: ...
+
+    def list_properties_of_secret_versions(self, name: str, **kwargs: Any) -> Any: ...
+
+
+class KeyVaultSecretStore:
+    """Reads secrets from Key Vault with the Function's managed identity."""
+
+    def __init__(self, client: SecretClientLike, *, vault_url: str, identity_client_id: str | None) -> None:
+        self._client = client
+        self.location = f"Key Vault {vault_url}"
+        self._vault_url = vault_url
+        self._identity = identity_client_id or "(system-assigned or developer credential)"
+
+    async def read(self, name: str, version: str | None = None) -> SecretValue:
+        return await asyncio.to_thread(self._read, name, version)
+
+    def _read(self, name: str, version: str | None) -> SecretValue:
+        try:
+            try:
+                secret = self._client.get_secret(name, version)
+            except HttpResponseError as exc:
+                if version is not None or not _is_disabled(exc):
+                    raise
+                secret = self._newest_enabled(name)
+        except SecretError:
+            raise
+        except AzureError as exc:
+            raise self._translate(name, exc) from exc
+        version = str(secret.properties.version or "")
+        if secret.value is None:
+            raise SecretEmpty(f"Secret {name!r} (version {version}) in {self.location} has no value.", secret=name)
+        return SecretValue(name=name, version=version, value=clean_secret(name, secret.value))
+
+    def _newest_enabled(self, name: str) -> Any:
+        """The latest version is disabled: fall back to the newest enabled one, loudly."""
+        enabled = [p for p in self._client.list_properties_of_secret_versions(name) if p.enabled]
+        if not enabled:
+            raise SecretDisabled(
+                f"Every version of secret {name!r} in {self.location} is disabled; "
+                "enable one or set a new version (az keyvault secret set).",
+                secret=name,
+            )
+        newest = max(enabled, key=lambda p: (p.created_on is not None, p.created_on))
+        log.warning(
+            "secrets: latest version of secret %r is disabled; using the newest enabled version %s",
+            name,
+            newest.version,
+        )
+        return self._client.get_secret(name, newest.version)
+
+    def _translate(self, name: str, exc: AzureError) -> SecretError:
+        where = self.location
+        if isinstance(exc, ResourceNotFoundError):
+            return SecretNotFound(
+                f"Secret {name!r} does not exist in {where}; create it (az keyvault secret set --name {name}) "
+                "or point the BROKER_<NAME>_CLIENT_ID_SECRET / _CLIENT_SECRET_SECRET setting at the right name.",
+                secret=name,
+            )
+        if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
+            # Raised by the credential, before Key Vault was reached.
+            return SecretStoreUnavailable(
+                f"The managed identity {self._identity} could not get a token for {where}: "
+                f"{type(exc).__name__}. Check AZURE_CLIENT_ID and that the identity is assigned to the app.",
+                secret=name,
+                retry_after=KEY_VAULT_RETRY_AFTER_S,
+            )
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return SecretForbidden(
+                f"{where} refused to read secret {name!r} ({status}): grant the identity {self._identity} "
+                "the 'Key Vault Secrets User' role on the vault, and check the vault's network rules.",
+                secret=name,
+            )
+        if status == 429 or (status is not None and status >= 500):
+            retry_after = _retry_after(exc) or KEY_VAULT_RETRY_AFTER_S
+            return SecretStoreUnavailable(
+                f"{where} answered {status} reading secret {name!r}; retry later.",
+                secret=name,
+                retry_after=retry_after,
+            )
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+            return SecretStoreUnavailable(
+                f"{where} is unreachable reading secret {name!r}: {_network_reason(exc)}. "
+                "Check KEY_VAULT_URL, DNS, TLS trust and the vault's firewall.",
+                secret=name,
+                retry_after=KEY_VAULT_RETRY_AFTER_S,
+            )
+        return SecretStoreUnavailable(
+            f"{where} failed reading secret {name!r}: {type(exc).__name__} (status {status}).",
+            secret=name,
+            retry_after=KEY_VAULT_RETRY_AFTER_S,
+        )
+
+
+def _is_disabled(exc: HttpResponseError) -> bool:
+    if exc.status_code != 403:
+        return False
+    inner = getattr(exc.error, "innererror", None) or {}
+    return inner.get("code") == "SecretDisabled" or "disabled" in str(getattr(exc.error, "message", "")).lower()
+
+
+def _retry_after(exc: AzureError) -> float | None:
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _network_reason(exc: AzureError) -> str:
+    """A short cause (DNS, TLS, refused, timeout) without the SDK's long message."""
+    text = f"{exc} {exc.__cause__ or ''} {getattr(exc, 'inner_exception', '') or ''}".lower()
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return "TLS handshake failed (is the CA trusted? see SSL_CERT_FILE / REQUESTS_CA_BUNDLE)"
+    if "name or service not known" in text or "nodename nor servname" in text or "getaddrinfo" in text:
+        return "DNS lookup failed"
+    if "timed out" in text or "timeout" in text:
+        return "timed out"
+    if "refused" in text:
+        return "connection refused"
+    return type(exc).__name__
+
+
+def build_secret_store(
+    *,
+    vault_url: str | None,
+    identity_client_id: str | None,
+    client: SecretClientLike | None = None,
+) -> SecretStore:
+    """Key Vault when a vault URL is configured, else the environment."""
+    if vault_url is None:
+        return EnvironmentSecretStore()
+    if client is None:
+        client = _default_client(vault_url, identity_client_id)
+    return KeyVaultSecretStore(client, vault_url=vault_url, identity_client_id=identity_client_id)
+
+
+def _default_client(vault_url: str, identity_client_id: str | None) -> SecretClientLike:
+    from azure.identity import DefaultAzureCredential
+    from azure.keyvault.secrets import SecretClient
+
+    credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
+    # Explicit timeouts and a short retry: the whole token request must fit ADF's 60 s.
+    return SecretClient(
+        vault_url,
+        credential,
+        connection_timeout=5,
+        read_timeout=10,
+        retry_total=3,
+        retry_backoff_factor=1.0,
+        retry_backoff_max=8,
+    )

@@ -1,0 +1,129 @@
+"""OpenTelemetry metrics and traces, modelled on Envoy's OAuth2 filter counters.
+
+Instruments come from the OpenTelemetry *API*: with no SDK configured they are
+no-ops costing a function call. :func:`configure_exporter` switches on export to
+Application Insights when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set.
+Every instrument carries ``provider`` and ``outcome`` attributes (caller-auth
+failures carry ``reason``). No attribute ever holds a secret or token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from opentelemetry import metrics, trace
+
+from broker.errors import BrokerError
+
+if TYPE_CHECKING:
+    from broker.cache import Served
+    from broker.endpoint import TokenEndpoint
+    from broker.secrets import Credentials, SecretStore, SecretValue
+    from broker.tokens import Token
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    """The broker's instruments. Pass SDK providers (e.g. in-memory readers in tests) or use the globals."""
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        meter = metrics.get_meter("ilevel_token_broker", meter_provider=meter_provider)
+        self.tracer = trace.get_tracer("ilevel_token_broker", tracer_provider=tracer_provider)
+        self.served = meter.create_counter("broker.token.requests", description="Token requests answered")
+        self.fetches = meter.create_counter("broker.upstream.fetches", description="Upstream token requests")
+        self.fetch_latency = meter.create_histogram(
+            "broker.upstream.fetch.duration", unit="s", description="Upstream token request latency"
+        )
+        self.secret_reads = meter.create_counter("broker.keyvault.reads", description="Secret reads")
+        self.auth_failures = meter.create_counter(
+            "broker.caller_auth.failures", description="Rejected caller tokens by reason"
+        )
+        self.remaining = meter.create_histogram(
+            "broker.token.remaining_lifetime", unit="s", description="Remaining token lifetime when served"
+        )
+
+    def token_served(self, provider: str, served: Served, now: float) -> None:
+        outcome = served.outcome
+        self.served.add(1, {"provider": provider, "outcome": outcome})
+        self.remaining.record(max(0.0, served.token.remaining(now)), {"provider": provider, "outcome": outcome})
+
+    def token_failed(self, provider: str, error: BrokerError) -> None:
+        self.served.add(1, {"provider": provider, "outcome": error.code})
+
+    def caller_rejected(self, reason: str) -> None:
+        # The provider is not known yet: authentication comes before routing.
+        self.auth_failures.add(1, {"provider": "-", "outcome": "rejected", "reason": reason})
+
+    def instrument_endpoint(self, endpoint: TokenEndpoint, provider: str) -> TokenEndpoint:
+        return _TracedEndpoint(endpoint, provider, self)  # type: ignore[return-value]
+
+    def instrument_secrets(self, store: SecretStore, provider: str) -> SecretStore:
+        return _TracedSecrets(store, provider, self)
+
+
+class _TracedEndpoint:
+    """Counts and times upstream token requests; same interface as TokenEndpoint."""
+
+    def __init__(self, inner: TokenEndpoint, provider: str, telemetry: Telemetry) -> None:
+        self._inner = inner
+        self._provider = provider
+        self._t = telemetry
+
+    async def request(self, credentials: Credentials, **kwargs: str | None) -> Token:
+        started = time.perf_counter()
+        outcome = "success"
+        with self._t.tracer.start_as_current_span("broker.upstream.fetch", attributes={"provider": self._provider}):
+            try:
+                return await self._inner.request(credentials, **kwargs)
+            except BrokerError as error:
+                outcome = error.code
+                raise
+            finally:
+                attributes: Mapping[str, str] = {"provider": self._provider, "outcome": outcome}
+                self._t.fetches.add(1, attributes)
+                self._t.fetch_latency.record(time.perf_counter() - started, attributes)
+
+
+class _TracedSecrets:
+    """Counts secret reads by outcome; same interface as SecretStore."""
+
+    def __init__(self, inner: SecretStore, provider: str, telemetry: Telemetry) -> None:
+        self._inner = inner
+        self._provider = provider
+        self._t = telemetry
+        self.location = inner.location
+
+    async def read(self, name: str, version: str | None = None) -> SecretValue:
+        outcome = "success"
+        with self._t.tracer.start_as_current_span("broker.secret.read", attributes={"secret": name}):
+            try:
+                return await self._inner.read(name, version)
+            except BrokerError as error:
+                outcome = error.code
+                raise
+            finally:
+                self._t.secret_reads.add(1, {"provider": self._provider, "secret": name, "outcome": outcome})
+
+
+def configure_exporter(env: Mapping[str, str]) -> bool:
+    """Export to Application Insights when its connection string is set; otherwise do nothing."""
+    if not env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip():
+        return False
+    try:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+    except ImportError:
+        log.warning(
+            "telemetry: APPLICATIONINSIGHTS_CONNECTION_STRING is set but azure-monitor-opentelemetry "
+            "is not installed; telemetry is not exported"
+        )
+        return False
+    configure_azure_monitor(logger_name="broker")
+    return True
