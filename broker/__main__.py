@@ -23,7 +23,7 @@ def load_local_settings(path: Path) -> int:
     except (OSError, ValueError, AttributeError) as exc:
         raise ConfigError("--settings", f"cannot read {path}: {type(exc).__name__}") from None
     if not isinstance(values, dict):
-        raise ConfigError("--settings", f"{path} has no \"Values\" object")
+        raise ConfigError("--settings", f'{path} has no "Values" object')
     count = 0
     for key, value in values.items():
         if isinstance(value, str) and key not in os.environ:

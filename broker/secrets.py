@@ -51,6 +51,8 @@ class SecretValue:
     name: str
     version: str
     value: Secret
+    # What looked wrong with the stored value (see value_problems); never the value itself.
+    problems: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.name} (version {self.version})"
@@ -77,6 +79,23 @@ class SecretStore(Protocol):
     location: str
 
     async def read(self, name: str, version: str | None = None) -> SecretValue: ...
+
+
+def value_problems(raw: str) -> tuple[str, ...]:
+    """Typical paste accidents in a stored secret, described without the value."""
+    problems = []
+    if raw != raw.strip():
+        problems.append("surrounding whitespace")
+    if "\n" in raw or "\r" in raw:
+        problems.append("a newline")
+    if raw.lstrip().startswith("\ufeff"):
+        problems.append("a byte-order mark (BOM) at the start")
+    text = raw.strip().lstrip("\ufeff")
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        problems.append("wrapping quotes")
+    if not text:
+        problems.append("an empty value")
+    return tuple(problems)
 
 
 def clean_secret(name: str, raw: str) -> Secret:
@@ -113,7 +132,8 @@ class EnvironmentSecretStore:
             )
         value = clean_secret(name, raw)
         # Locally there are no versions; a fingerprint stands in so that a changed value counts as new.
-        return SecretValue(name=name, version="env-" + fingerprint(value.reveal()), value=value)
+        version = "env-" + fingerprint(value.reveal())
+        return SecretValue(name=name, version=version, value=value, problems=value_problems(raw))
 
 
 class SecretClientLike(Protocol):
@@ -151,7 +171,8 @@ class KeyVaultSecretStore:
         version = str(secret.properties.version or "")
         if secret.value is None:
             raise SecretEmpty(f"Secret {name!r} (version {version}) in {self.location} has no value.", secret=name)
-        return SecretValue(name=name, version=version, value=clean_secret(name, secret.value))
+        value = clean_secret(name, secret.value)
+        return SecretValue(name=name, version=version, value=value, problems=value_problems(secret.value))
 
     def _newest_enabled(self, name: str) -> Any:
         """The latest version is disabled: fall back to the newest enabled one, loudly."""

@@ -14,12 +14,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import uvicorn
 
 _START_TIMEOUT_S = 10.0
+AppT = TypeVar("AppT")
 
 
 class RunningServer:
@@ -52,6 +54,19 @@ class RunningServer:
 
     def __repr__(self) -> str:
         return f"RunningServer(url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class Served(Generic[AppT]):
+    """A stand-in app together with the server running it (handy as a fixture value)."""
+
+    app: AppT
+    server: RunningServer
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self.server.url
 
 
 class _ThreadedServer(uvicorn.Server):
