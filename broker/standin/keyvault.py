@@ -78,8 +78,9 @@ class KeyVaultServer:
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.accepted_tokens = accepted_tokens  # None accepts any non-empty bearer token
         self.latency_s = 0.0
-        self.reads: Counter[str] = Counter()
-        self.list_calls: Counter[str] = Counter()
+        # Authenticated attempts per secret name, counted before faults apply (a scripted 429 counts).
+        self.reads: Counter[str] = Counter()  # value GETs: latest or a given version
+        self.list_calls: Counter[str] = Counter()  # GET /secrets/{name}/versions
         self.requests: list[VaultRequest] = []
         self.faults = FaultScript()
         self._forbidden = False

@@ -40,7 +40,12 @@ class RunningServer:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        """Ask uvicorn to exit and wait for its thread."""
+        """Stop at once and wait for the thread.
+
+        Forced, not graceful: an idle TLS keep-alive connection would otherwise hold shutdown
+        until the peer answers close_notify, which a pooled client never does.
+        """
+        self._server.force_exit = True
         self._server.should_exit = True
         self._thread.join(timeout=_START_TIMEOUT_S)
 
