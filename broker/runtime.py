@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -18,7 +19,7 @@ from broker.caller_auth import LOCAL_DEVELOPER, Caller, CallerAuthenticator, Sig
 from broker.config import ProviderConfig, Settings
 from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import NotFound
-from broker.secrets import SecretClientLike, SecretStore, build_secret_store
+from broker.secrets import SecretStore, build_secret_store
 from broker.source import TokenSource
 from broker.telemetry import Telemetry
 
@@ -28,7 +29,9 @@ class Overrides:
     """Parts a test or benchmark replaces with its own (real) components."""
 
     secret_store: SecretStore | None = None
-    secret_client: SecretClientLike | None = None
+    # Extra SecretClient keyword arguments, e.g. a test CA (connection_verify) and
+    # verify_challenge_resource=False for a vault that is not *.vault.azure.net.
+    secret_client_options: Mapping[str, Any] | None = None
     http: httpx.AsyncClient | None = None
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
@@ -61,7 +64,7 @@ class Broker:
         self.secrets = o.secret_store or build_secret_store(
             vault_url=settings.key_vault_url,
             identity_client_id=settings.managed_identity_client_id,
-            client=o.secret_client,
+            client_options=o.secret_client_options,
         )
         self.providers: dict[str, Provider] = {}
         for name, config in settings.providers.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -145,13 +146,33 @@ class SecretClientLike(Protocol):
 
 
 class KeyVaultSecretStore:
-    """Reads secrets from Key Vault with the Function's managed identity."""
+    """Reads secrets from Key Vault with the Function's managed identity.
 
-    def __init__(self, client: SecretClientLike, *, vault_url: str, identity_client_id: str | None) -> None:
-        self._client = client
+    The SDK client is built on first use, keeping azure-identity out of cold start.
+    """
+
+    def __init__(
+        self,
+        *,
+        vault_url: str,
+        identity_client_id: str | None,
+        client: SecretClientLike | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.location = f"Key Vault {vault_url}"
         self._vault_url = vault_url
+        self._identity_client_id = identity_client_id
         self._identity = identity_client_id or "(system-assigned or developer credential)"
+        self._built = client
+        self._options = dict(client_options or {})
+        self._build_lock = threading.Lock()
+
+    @property
+    def _client(self) -> SecretClientLike:
+        with self._build_lock:
+            if self._built is None:
+                self._built = secret_client(self._vault_url, self._identity_client_id, **self._options)
+            return self._built
 
     async def read(self, name: str, version: str | None = None) -> SecretValue:
         return await asyncio.to_thread(self._read, name, version)
@@ -269,28 +290,36 @@ def build_secret_store(
     *,
     vault_url: str | None,
     identity_client_id: str | None,
-    client: SecretClientLike | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> SecretStore:
     """Key Vault when a vault URL is configured, else the environment."""
     if vault_url is None:
         return EnvironmentSecretStore()
-    if client is None:
-        client = _default_client(vault_url, identity_client_id)
-    return KeyVaultSecretStore(client, vault_url=vault_url, identity_client_id=identity_client_id)
+    return KeyVaultSecretStore(
+        vault_url=vault_url, identity_client_id=identity_client_id, client_options=client_options
+    )
 
 
-def _default_client(vault_url: str, identity_client_id: str | None) -> SecretClientLike:
-    from azure.identity import DefaultAzureCredential
+def secret_client(vault_url: str, identity_client_id: str | None, **options: Any) -> SecretClientLike:
+    """The SecretClient the broker uses; ``options`` override its keyword arguments (tests)."""
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
     from azure.keyvault.secrets import SecretClient
 
-    credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
+    credential: Any
+    if os.environ.get("IDENTITY_ENDPOINT"):
+        # In App Service / Functions: the managed identity and nothing else, so a failure says so
+        # instead of falling through to developer credentials.
+        credential = ManagedIdentityCredential(client_id=identity_client_id)
+    else:
+        credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
     # Explicit timeouts and a short retry: the whole token request must fit ADF's 60 s.
-    return SecretClient(
-        vault_url,
-        credential,
-        connection_timeout=5,
-        read_timeout=10,
-        retry_total=3,
-        retry_backoff_factor=1.0,
-        retry_backoff_max=8,
-    )
+    kwargs: dict[str, Any] = {
+        "connection_timeout": 5,
+        "read_timeout": 10,
+        "retry_total": 3,
+        "retry_backoff_factor": 1.0,
+        "retry_backoff_max": 8,
+    }
+    kwargs.update(options)
+    client: SecretClientLike = SecretClient(vault_url, credential, **kwargs)
+    return client

@@ -1,0 +1,245 @@
+"""Shared fixtures: real local servers (Key Vault over TLS with its challenge, the App Service
+managed-identity endpoint, an OAuth2 token endpoint, Entra metadata and JWKS) and a broker
+wired to them. Servers live for the session; every test gets them reset and a fresh broker.
+
+Every generated secret and token is registered in ``SENSITIVE``; after each test the
+captured log records are searched for all of them (the suite-wide leak check).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.config import Settings, load_settings
+from broker.endpoint import RetryPolicy
+from broker.http import create_app
+from broker.runtime import Broker, Overrides
+from broker.standin.entra import EntraStandin
+from broker.standin.identity import ManagedIdentityServer
+from broker.standin.keyvault import KeyVaultServer
+from broker.standin.oauth import TokenServer
+from broker.standin.serve import RunningServer, run_server
+from broker.standin.tls import PKIFiles, TestPKI
+from broker.telemetry import Telemetry
+
+# Values that must never appear in a log record or an error body.
+SENSITIVE: set[str] = set()
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, connect_timeout_s=0.5, read_timeout_s=1.0)
+AUDIENCE = "api://ilevel-token-broker"
+ROLE = "Token.Read.ilevel"
+
+
+def sensitive(value: str) -> str:
+    SENSITIVE.add(value)
+    return value
+
+
+def leaks(text: str) -> list[str]:
+    """The registered secret or token values found in ``text`` (shortened for the report)."""
+    found = [value[:6] + "…" for value in SENSITIVE if len(value) >= 8 and value in text]
+    # Tokens issued by the stand-ins are registered as they are issued, too.
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_any_log_line(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The suite-wide leak check: no secret or token value in any log record of any test."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1]) + " " + str(record.exc_info[1])
+        found = leaks(text)
+        assert not found, f"log record from {record.name} leaks {found}"
+
+
+@dataclass
+class Servers:
+    identity: ManagedIdentityServer
+    key_vault: KeyVaultServer
+    tokens: TokenServer
+    entra: EntraStandin
+    running: dict[str, RunningServer]
+    pki: PKIFiles
+
+    def url(self, name: str) -> str:
+        return self.running[name].url
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKIFiles:
+    return TestPKI().write(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def servers(pki: PKIFiles) -> Iterator[Servers]:
+    identity = ManagedIdentityServer(client_id=str(uuid.uuid4()))
+    key_vault = KeyVaultServer(accepted_tokens=identity.issued_tokens)
+    tokens = TokenServer()
+    entra = EntraStandin()
+    running = {
+        "identity": run_server(identity),
+        "key_vault": run_server(key_vault, certfile=pki.cert, keyfile=pki.key),
+        "tokens": run_server(tokens),
+        "entra": run_server(entra),
+    }
+    entra.authority = running["entra"].url
+    try:
+        yield Servers(identity, key_vault, tokens, entra, running, pki)
+    finally:
+        for server in running.values():
+            server.stop()
+
+
+@dataclass
+class Stack:
+    """The servers, reset, plus generated credentials and helpers to build a broker on them."""
+
+    servers: Servers
+    monkeypatch: pytest.MonkeyPatch
+    client_id: str
+    client_secret: str
+    env: dict[str, str] = field(default_factory=dict)
+    brokers: list[Broker] = field(default_factory=list)
+
+    @property
+    def kv(self) -> KeyVaultServer:
+        return self.servers.key_vault
+
+    @property
+    def tokens(self) -> TokenServer:
+        return self.servers.tokens
+
+    @property
+    def entra(self) -> EntraStandin:
+        return self.servers.entra
+
+    @property
+    def token_url(self) -> str:
+        return self.servers.url("tokens") + "/oauth/token"
+
+    def settings(self, **changes: str) -> Settings:
+        env = dict(self.env)
+        env.update(changes)
+        return load_settings({k: v for k, v in env.items() if v is not None})
+
+    def broker(self, settings: Settings | None = None, **overrides: Any) -> Broker:
+        options: dict[str, Any] = {
+            "secret_client_options": {
+                "connection_verify": self.servers.pki.ca,
+                "verify_challenge_resource": False,
+                "retry_total": 1,
+                "retry_backoff_factor": 0.01,
+            },
+            "retry": FAST_RETRY,
+        }
+        options.update(overrides)
+        broker = Broker(settings or self.settings(), Overrides(**options))
+        self.brokers.append(broker)
+        return broker
+
+    def caller(self, *, roles: tuple[str, ...] = (ROLE,), **claims: Any) -> str:
+        """A valid Entra access token for the broker, as ADF's managed identity would send."""
+        claims.setdefault("aud", AUDIENCE)
+        return sensitive(self.entra.mint(self.entra.tenant_id, roles=roles, **claims))
+
+    def rotate_secret(self, value: str | None = None, *, accept: bool = True) -> str:
+        """Put a new client-secret version in the vault (and, by default, make it valid upstream)."""
+        new = sensitive(value or secrets.token_urlsafe(24))
+        self.kv.set_secret("ilevel-client-secret", new)
+        if accept:
+            self.tokens.accept(self.client_id, new)
+        return new
+
+
+@pytest.fixture
+def stack(servers: Servers, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    servers.key_vault.reset_counts()
+    servers.key_vault.allow()
+    servers.key_vault.faults.clear()
+    servers.key_vault.latency_s = 0.0
+    servers.tokens.reset()
+    servers.tokens.variants = {"basic_raw"}
+    servers.tokens.expires_in = 3600
+    servers.tokens.latency_s = 0.0
+    servers.tokens.token_type = "Bearer"
+    servers.entra.fail_jwks = False
+    servers.identity.fail_with(None)
+    for name, value in servers.identity.environment(servers.url("identity")).items():
+        monkeypatch.setenv(name, value)
+    # The client ids look like iLevel's: base64 text with '=' padding, '+' and '/'.
+    client_id = sensitive(secrets.token_urlsafe(12) + "+/=")
+    client_secret = sensitive(secrets.token_urlsafe(24))
+    for name in ("ilevel-client-id", "ilevel-client-secret"):
+        servers.key_vault.delete(name)
+    servers.key_vault.set_secret("ilevel-client-id", client_id)
+    servers.key_vault.set_secret("ilevel-client-secret", client_secret)
+    servers.tokens.accept(client_id, client_secret)
+    servers.key_vault.reset_counts()
+    stack = Stack(servers, monkeypatch, client_id, client_secret)
+    stack.env = {
+        "KEY_VAULT_URL": servers.url("key_vault") + "/",
+        "AZURE_CLIENT_ID": servers.identity.client_id or "",
+        "AZURE_AUTHORITY_HOST": servers.url("entra"),
+        "BROKER_TENANT_ID": servers.entra.tenant_id,
+        "BROKER_AUDIENCE": AUDIENCE,
+        "BROKER_PROVIDERS": "ilevel",
+        "BROKER_ILEVEL_TOKEN_URL": stack.token_url,
+        "BROKER_ILEVEL_ALLOWED_ROLES": ROLE,
+        "BROKER_TOKEN_BUDGET_SECONDS": "5",
+    }
+    yield stack
+    for token in servers.tokens.issued_tokens:
+        sensitive(token)
+    for token in servers.identity.issued_tokens:
+        sensitive(token)
+
+
+@pytest.fixture
+async def broker(stack: Stack) -> AsyncIterator[Broker]:
+    broker = stack.broker()
+    yield broker
+    await broker.aclose()
+
+
+class Api:
+    """The broker's HTTP surface in process (ASGI), with every answer checked for leaks."""
+
+    def __init__(self, client: httpx.AsyncClient, stack: Stack) -> None:
+        self.client = client
+        self.stack = stack
+
+    async def get(self, path: str, *, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        response = await self.client.request(kwargs.pop("method", "GET"), path, headers=headers, **kwargs)
+        for issued in self.stack.tokens.issued_tokens:
+            sensitive(issued)
+        if response.status_code != 200:
+            found = leaks(response.text)
+            assert not found, f"error body leaks {found}"
+            assert "Traceback" not in response.text
+        return response
+
+
+@pytest.fixture
+async def api(stack: Stack, broker: Broker) -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=create_app(broker))
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        yield Api(client, stack)
+
+
+@pytest.fixture
+def telemetry() -> Telemetry:
+    return Telemetry()

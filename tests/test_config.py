@@ -1,0 +1,114 @@
+"""Configuration: read once, validated, every failure names its setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.config import DEFAULT_TOKEN_URLS, load_settings
+from broker.errors import ConfigError
+
+BASE = {
+    "BROKER_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+    "BROKER_AUDIENCE": "api://ilevel-token-broker, 00000000-aaaa-bbbb-cccc-000000000000",
+    "BROKER_ILEVEL_ALLOWED_ROLES": "Token.Read.ilevel",
+}
+
+
+def settings_with(**changes: str) -> dict[str, str]:
+    env = dict(BASE)
+    env.update(changes)
+    return env
+
+
+def test_defaults_give_one_ilevel_provider_with_basic_auth_and_default_secret_names() -> None:
+    """With only the required settings, the ilevel provider uses iLevel's token URL and raw Basic auth."""
+    settings = load_settings(BASE)
+    provider = settings.providers["ilevel"]
+    assert provider.token_url == DEFAULT_TOKEN_URLS["ilevel"]
+    assert (provider.auth_method, provider.basic_encoding) == ("client_secret_basic", "raw")
+    assert (provider.client_id_secret, provider.client_secret_secret) == ("ilevel-client-id", "ilevel-client-secret")
+    assert settings.audiences == {"api://ilevel-token-broker", "00000000-aaaa-bbbb-cccc-000000000000"}
+    assert settings.authority_host == "https://login.microsoftonline.com"
+
+
+def test_provider_settings_use_the_upper_cased_name_with_underscores() -> None:
+    """Provider my-api reads BROKER_MY_API_*; extra parameters are sent only when set."""
+    settings = load_settings(
+        settings_with(
+            BROKER_PROVIDERS="ilevel,my-api",
+            BROKER_MY_API_TOKEN_URL="https://idp.example.test/oauth2/token",
+            BROKER_MY_API_AUTH_METHOD="client_secret_post",
+            BROKER_MY_API_SCOPE="read write",
+            BROKER_MY_API_ALLOWED_CALLERS="a, b",
+        )
+    )
+    api = settings.providers["my-api"]
+    assert api.auth_method == "client_secret_post"
+    assert api.extra_params == (("scope", "read write"),)
+    assert api.allowed_callers == {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "setting"),
+    [
+        ({"BROKER_TENANT_ID": ""}, "BROKER_TENANT_ID"),
+        ({"BROKER_AUDIENCE": " , "}, "BROKER_AUDIENCE"),
+        ({"BROKER_PROVIDERS": "iLevel"}, "BROKER_PROVIDERS"),
+        ({"BROKER_PROVIDERS": "ilevel,other"}, "BROKER_OTHER_TOKEN_URL"),
+        ({"BROKER_ILEVEL_TOKEN_URL": "http://api.example.test/token"}, "BROKER_ILEVEL_TOKEN_URL"),
+        ({"BROKER_ILEVEL_AUTH_METHOD": "basic"}, "BROKER_ILEVEL_AUTH_METHOD"),
+        ({"BROKER_ILEVEL_BASIC_ENCODING": "utf8"}, "BROKER_ILEVEL_BASIC_ENCODING"),
+        ({"BROKER_ILEVEL_CLIENT_SECRET_SECRET": "bad name!"}, "BROKER_ILEVEL_CLIENT_SECRET_SECRET"),
+        ({"KEY_VAULT_URL": "http://kv.example.test/"}, "KEY_VAULT_URL"),
+        ({"BROKER_TOKEN_BUDGET_SECONDS": "90"}, "BROKER_TOKEN_BUDGET_SECONDS"),
+        ({"WEBSITE_SITE_NAME": "app"}, "KEY_VAULT_URL"),
+        ({"BROKER_INSECURE_DISABLE_CALLER_AUTH": "maybe"}, "BROKER_INSECURE_DISABLE_CALLER_AUTH"),
+    ],
+)
+def test_invalid_configuration_fails_naming_the_setting(changes: dict[str, str], setting: str) -> None:
+    """Every invalid configuration stops start-up with a message that names the setting."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(settings_with(**changes))
+    assert raised.value.setting == setting
+    assert setting in str(raised.value)
+
+
+def test_token_urls_may_be_plain_http_only_on_loopback() -> None:
+    """http:// is accepted for 127.0.0.1 and localhost (tests, local stand-ins), nowhere else."""
+    settings = load_settings(settings_with(BROKER_ILEVEL_TOKEN_URL="http://127.0.0.1:9/oauth/token"))
+    assert settings.providers["ilevel"].token_url.startswith("http://127.0.0.1")
+
+
+def test_switching_caller_auth_off_is_refused_in_azure() -> None:
+    """BROKER_INSECURE_DISABLE_CALLER_AUTH cannot be used where WEBSITE_SITE_NAME is set."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(
+            settings_with(
+                BROKER_INSECURE_DISABLE_CALLER_AUTH="true",
+                WEBSITE_SITE_NAME="func-broker",
+                KEY_VAULT_URL="https://kv.example.test/",
+            )
+        )
+    assert raised.value.setting == "BROKER_INSECURE_DISABLE_CALLER_AUTH"
+
+
+def test_a_provider_allowing_nobody_is_valid_but_warned_about() -> None:
+    """Deny by default: a provider with no allowed callers or roles loads, with a warning naming the settings."""
+    env = dict(BASE)
+    del env["BROKER_ILEVEL_ALLOWED_ROLES"]
+    settings = load_settings(env)
+    assert settings.providers["ilevel"].serves_nobody
+    assert any("BROKER_ILEVEL_ALLOWED_CALLERS" in w for w in settings.warnings)
+
+
+def test_misspelt_broker_settings_are_warned_about() -> None:
+    """An unknown BROKER_* setting (a typo) is reported at start-up rather than silently ignored."""
+    settings = load_settings(settings_with(BROKER_ILEVEL_ALLOWED_CALLER="x"))
+    assert any("BROKER_ILEVEL_ALLOWED_CALLER " in w for w in settings.warnings)
+
+
+def test_settings_are_frozen() -> None:
+    """The configuration object cannot be changed after start-up."""
+    settings = load_settings(BASE)
+    with pytest.raises(AttributeError):
+        settings.tenant_id = "other"  # type: ignore[misc]

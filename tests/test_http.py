@@ -1,0 +1,149 @@
+"""The HTTP surface end to end, in process: real Key Vault, managed identity, token endpoint and Entra stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import pytest
+
+from broker.http import STALE_HEADER
+from tests.conftest import Api, Stack
+
+
+async def test_returns_a_token_to_an_authorised_caller(api: Api, stack: Stack) -> None:
+    """A caller with the provider's app role gets the upstream token with Bearer type and expiry fields."""
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"access_token", "token_type", "expires_in", "expires_on"}
+    assert body["access_token"] == stack.tokens.issued_tokens[-1]
+    assert body["token_type"] == "Bearer"
+    assert 3590 <= body["expires_in"] <= 3600
+    assert abs(body["expires_on"] - (time.time() + body["expires_in"])) <= 2
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
+    assert response.headers["x-request-id"]
+
+
+async def test_sends_raw_basic_credentials_by_default(api: Api, stack: Stack) -> None:
+    """client_secret_basic sends base64(id:secret) of the stored values and only grant_type in the form."""
+    await api.get("/api/token/ilevel", token=stack.caller())
+    request = stack.tokens.requests[-1]
+    expected = base64.b64encode(f"{stack.client_id}:{stack.client_secret}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+    assert request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    assert request.form == {"grant_type": "client_credentials"}
+    assert request.variant == "basic_raw"
+
+
+@pytest.mark.parametrize(
+    ("settings", "variant"),
+    [
+        ({"BROKER_ILEVEL_BASIC_ENCODING": "form"}, "basic_form"),
+        ({"BROKER_ILEVEL_AUTH_METHOD": "client_secret_post"}, "post"),
+    ],
+)
+async def test_each_client_auth_method_is_sent_as_configured(
+    stack: Stack, settings: dict[str, str], variant: str
+) -> None:
+    """Form-encoded Basic and client_secret_post reach a server that accepts only that variant."""
+    stack.tokens.variants = {variant}  # type: ignore[assignment]
+    broker = stack.broker(stack.settings(**settings))
+    caller = await broker.authenticate(f"Bearer {stack.caller()}")
+    served = await broker.token(caller, "ilevel", min_validity=300, force=False)
+    assert served.outcome == "fetched"
+    request = stack.tokens.requests[-1]
+    assert request.variant == variant
+    if variant == "post":
+        assert "authorization" not in request.headers
+        assert request.form["client_id"] == stack.client_id
+    await broker.aclose()
+
+
+async def test_extra_parameters_are_sent_only_when_set(stack: Stack) -> None:
+    """BROKER_<NAME>_SCOPE/AUDIENCE/RESOURCE join the form body; unset ones are absent."""
+    broker = stack.broker(stack.settings(BROKER_ILEVEL_SCOPE="read", BROKER_ILEVEL_RESOURCE="https://api.test/"))
+    caller = await broker.authenticate(f"Bearer {stack.caller()}")
+    await broker.token(caller, "ilevel", min_validity=300, force=False)
+    assert stack.tokens.requests[-1].form == {
+        "grant_type": "client_credentials",
+        "scope": "read",
+        "resource": "https://api.test/",
+    }
+    await broker.aclose()
+
+
+async def test_hundred_concurrent_cold_requests_make_one_token_request_and_one_read_per_secret(
+    api: Api, stack: Stack
+) -> None:
+    """Single-flight through the whole stack: 100 callers, 1 token request, 1 Key Vault read of each secret."""
+    stack.tokens.latency_s = 0.05
+    callers = [stack.caller() for _ in range(5)]
+    responses = await asyncio.gather(*(api.get("/api/token/ilevel", token=callers[i % 5]) for i in range(100)))
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.json()["access_token"] for r in responses}) == 1
+    assert stack.tokens.request_count == 1
+    assert dict(stack.kv.reads) == {"ilevel-client-id": 1, "ilevel-client-secret": 1}
+
+
+async def test_a_rotated_secret_is_used_from_the_next_fetch_without_restart(api: Api, stack: Stack) -> None:
+    """Secrets are re-read on every fetch: a new version in Key Vault is what the next fetch sends."""
+    await api.get("/api/token/ilevel", token=stack.caller())
+    new_secret = stack.rotate_secret()
+    response = await api.get("/api/token/ilevel?force_refresh=true", token=stack.caller())
+    assert response.status_code == 200
+    expected = base64.b64encode(f"{stack.client_id}:{new_secret}".encode()).decode()
+    assert stack.tokens.requests[-1].headers["authorization"] == f"Basic {expected}"
+
+
+async def test_secrets_with_surrounding_whitespace_are_stripped_and_named_in_a_warning(
+    api: Api, stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret stored with a trailing newline still works; the warning names the secret, not the value."""
+    stack.kv.set_secret("ilevel-client-secret", stack.client_secret + "\n")
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert response.status_code == 200
+    assert any("'ilevel-client-secret' had surrounding whitespace" in r.getMessage() for r in caplog.records)
+
+
+async def test_min_validity_above_what_is_left_gets_a_fresh_token(api: Api, stack: Stack) -> None:
+    """A token with 600 s left is served for min_validity=300 but refetched for min_validity=900."""
+    stack.tokens.expires_in = 600
+    first = await api.get("/api/token/ilevel", token=stack.caller())
+    again = await api.get("/api/token/ilevel?min_validity=200", token=stack.caller())
+    fresh = await api.get("/api/token/ilevel?min_validity=900", token=stack.caller())
+    assert first.json()["access_token"] == again.json()["access_token"]
+    # 900 s exceeds half the 600 s life, so it is capped at 300 s: still served from cache.
+    assert fresh.json()["access_token"] == first.json()["access_token"]
+    assert stack.tokens.request_count == 1
+
+
+async def test_health_is_anonymous_and_touches_nothing_upstream(api: Api, stack: Stack) -> None:
+    """GET /api/health answers {"status": "ok"} without a caller token and without any upstream call."""
+    response = await api.get("/api/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert stack.tokens.request_count == 0 and sum(stack.kv.reads.values()) == 0
+
+
+async def test_lowercase_bearer_from_upstream_is_normalised(api: Api, stack: Stack) -> None:
+    """An upstream token_type of 'bearer' is returned as 'Bearer'."""
+    stack.tokens.token_type = "bearer"
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert response.json()["token_type"] == "Bearer"
+
+
+async def test_another_token_type_is_a_bad_gateway(api: Api, stack: Stack) -> None:
+    """Only Bearer tokens are brokered; a MAC token from upstream is a 502 invalid_response."""
+    stack.tokens.token_type = "mac"
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert response.status_code == 502
+    assert response.json()["error"] == "invalid_response"
+
+
+async def test_stale_header_is_absent_on_normal_answers(api: Api, stack: Stack) -> None:
+    """Only a stale-but-valid answer carries the stale header."""
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert STALE_HEADER.lower() not in response.headers
