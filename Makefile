@@ -26,8 +26,8 @@ run: $(STAMP)
 test: $(STAMP) $(CHECKOV) lint typecheck infra-check unit
 
 lint: $(STAMP)
-	$(PY) -m ruff check broker tests bench function_app.py
-	$(PY) -m ruff format --check broker tests bench function_app.py
+	$(PY) -m ruff check broker tests bench function_app.py infra/hooks docs/examples
+	$(PY) -m ruff format --check broker tests bench function_app.py infra/hooks docs/examples
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

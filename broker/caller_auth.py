@@ -196,13 +196,9 @@ class CallerAuthenticator:
                 algorithms=["RS256"],
                 audience=self._audiences,
                 issuer=self._keys.issuers,
-                leeway=LEEWAY_S,
-                options={"require": ["exp", "iss", "aud"]},
+                # exp/nbf are checked below against the injected clock.
+                options={"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise _invalid("expired", "the token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise _invalid("not_yet_valid", "the token is not yet valid") from None
         except jwt.InvalidAudienceError:
             raise _invalid(
                 "audience", "the token's audience is not accepted (check the resource the caller asks for)"
@@ -213,6 +209,13 @@ class CallerAuthenticator:
             raise _invalid("signature", "the token's signature is invalid") from None
         except jwt.PyJWTError:
             raise _invalid("invalid", "the token could not be validated") from None
+        exp, nbf = claims.get("exp"), claims.get("nbf", now)
+        if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)):
+            raise _invalid("invalid", "the token's exp or nbf is not a number")
+        if now > exp + LEEWAY_S:
+            raise _invalid("expired", "the token has expired")
+        if now < nbf - LEEWAY_S:
+            raise _invalid("not_yet_valid", "the token is not yet valid")
         roles = claims.get("roles")
         return Caller(
             oid=_str_claim(claims, "oid"),

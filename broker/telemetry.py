@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
@@ -125,5 +125,12 @@ def configure_exporter(env: Mapping[str, str]) -> bool:
             "is not installed; telemetry is not exported"
         )
         return False
-    configure_azure_monitor(logger_name="broker")
+    options: dict[str, Any] = {"logger_name": "broker"}
+    client_id = env.get("AZURE_CLIENT_ID", "").strip()
+    if client_id:
+        # Application Insights has local auth off: export with the user-assigned identity.
+        from azure.identity import ManagedIdentityCredential
+
+        options["credential"] = ManagedIdentityCredential(client_id=client_id)
+    configure_azure_monitor(**options)
     return True

@@ -71,10 +71,12 @@ async def test_refresh_ahead_starts_inside_the_window_and_serves_the_cached_toke
     assert upstream.calls == 1, "one second before the window: no refresh"
     clock.now += 2
     served = await cache.get(min_validity=0)
-    assert served.token is first.token and served.outcome == "hit"
+    assert served.token is first.token
+    assert served.outcome == "hit"
     await settle()
     assert upstream.calls == 2
-    assert cache.token is not None and cache.token.access_token.reveal() == "token-2"
+    assert cache.token is not None
+    assert cache.token.access_token.reveal() == "token-2"
 
 
 async def test_refresh_ahead_leads_the_callers_min_validity(clock: Clock) -> None:
@@ -126,7 +128,8 @@ async def test_min_validity_is_capped_at_half_a_short_tokens_life(clock: Clock) 
     await cache.get(min_validity=3600)
     clock.now += 40
     served = await cache.get(min_validity=3600)
-    assert served.outcome == "hit" and upstream.calls == 1
+    assert served.outcome == "hit"
+    assert upstream.calls == 1
 
 
 async def test_serves_cached_token_while_refresh_fails(clock: Clock) -> None:
@@ -137,8 +140,10 @@ async def test_serves_cached_token_while_refresh_fails(clock: Clock) -> None:
     upstream.fail = UpstreamUnavailable("down", retry_after=30)
     clock.now += 3600 - 100
     served = await cache.get(min_validity=300)
-    assert served.outcome == "stale" and served.token is first.token
-    assert served.stale_reason is not None and served.stale_reason.code == "upstream_unavailable"
+    assert served.outcome == "stale"
+    assert served.token is first.token
+    assert served.stale_reason is not None
+    assert served.stale_reason.code == "upstream_unavailable"
 
 
 async def test_never_serves_an_expired_token(clock: Clock) -> None:
@@ -162,7 +167,8 @@ async def test_failing_callers_do_not_become_a_stream_of_fetches(clock: Clock) -
             await cache.get()
         clock.now += 0.2
     assert upstream.calls == 1
-    assert raised.value.retry_after is not None and 1 <= raised.value.retry_after <= FAILURE_HOLD_S
+    assert raised.value.retry_after is not None
+    assert 1 <= raised.value.retry_after <= FAILURE_HOLD_S
 
 
 async def test_the_next_successful_fetch_restores_normal_service(clock: Clock) -> None:
@@ -187,7 +193,8 @@ async def test_force_refresh_is_honoured_once_per_interval(clock: Clock) -> None
     forced = await cache.get(force=True)
     assert forced.token.access_token.reveal() == "token-2"
     again = await cache.get(force=True)
-    assert again.outcome == "hit" and again.token is forced.token
+    assert again.outcome == "hit"
+    assert again.token is forced.token
     clock.now += FORCE_INTERVAL_S
     assert (await cache.get(force=True)).token.access_token.reveal() == "token-3"
 

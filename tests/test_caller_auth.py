@@ -1,0 +1,197 @@
+"""Caller authentication and authorization: Entra tokens checked in code; failures are 401/403, no detail leaks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from broker.caller_auth import CallerAuthenticator, SigningKeys
+from broker.errors import InvalidCallerToken
+from tests.conftest import AUDIENCE, ROLE, Api, Stack
+
+
+def bad_tokens(stack: Stack) -> dict[str, str]:
+    entra, tenant = stack.entra, stack.entra.tenant_id
+    valid = stack.caller()
+    header, payload, signature = valid.split(".")
+    return {
+        "malformed": "not-a-jwt",
+        "tampered payload": f"{header}.{payload[:-4]}AAAA.{signature}",
+        "wrong signature": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], sign_with_unknown_key=True),
+        "alg none": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], alg="none"),
+        "alg HS256 (key confusion)": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], alg="HS256"),
+        "wrong audience": entra.mint(tenant, aud="api://someone-else", roles=[ROLE]),
+        "wrong issuer": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], issuer="https://sts.windows.net/evil/"),
+        "other tenant's issuer": entra.mint(
+            tenant, aud=AUDIENCE, roles=[ROLE], issuer=f"https://sts.windows.net/{uuid.uuid4()}/"
+        ),
+        "expired beyond leeway": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], now=time.time() - 7200),
+        "not yet valid": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], not_before_offset=600),
+        "unknown kid": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], kid="unknown-kid"),
+        "no exp": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], extra_claims={"exp": None}),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "malformed",
+        "tampered payload",
+        "wrong signature",
+        "alg none",
+        "alg HS256 (key confusion)",
+        "wrong audience",
+        "wrong issuer",
+        "other tenant's issuer",
+        "expired beyond leeway",
+        "not yet valid",
+        "unknown kid",
+        "no exp",
+    ],
+)
+async def test_each_invalid_caller_token_gets_401_and_no_upstream_call(api: Api, stack: Stack, case: str) -> None:
+    """Bad caller tokens are refused with 401 invalid_token and a Bearer challenge, before anything upstream."""
+    token = bad_tokens(stack)[case]
+    response = await api.get("/api/token/ilevel", token=token)
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+    assert response.headers["www-authenticate"].startswith("Bearer ")
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert AUDIENCE not in response.text
+    assert stack.entra.tenant_id not in response.text
+    assert stack.tokens.request_count == 0
+    assert sum(stack.kv.reads.values()) == 0
+
+
+async def test_a_request_without_a_token_gets_401_whatever_its_path_or_parameters(api: Api, stack: Stack) -> None:
+    """Authentication comes first: unknown paths, bad parameters and unknown providers all look alike."""
+    for path in ("/api/token/ilevel", "/api/token/nope?min_validity=-1", "/api/token/BAD!", "/api/other", "/"):
+        response = await api.get(path)
+        assert response.status_code == 401, path
+        assert response.json()["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+async def test_v1_and_v2_tokens_from_the_tenant_are_accepted(api: Api, stack: Stack, version: str) -> None:
+    """Entra signs v1 (sts.windows.net issuer, appid) and v2 (authority/v2.0 issuer, azp) tokens with one key set."""
+    response = await api.get("/api/token/ilevel", token=stack.caller(version=version))
+    assert response.status_code == 200
+
+
+async def test_a_token_expired_within_the_leeway_is_accepted(api: Api, stack: Stack) -> None:
+    """exp has 60 s of leeway for clock skew."""
+    token = stack.caller(now=time.time() - 3630)
+    assert (await api.get("/api/token/ilevel", token=token)).status_code == 200
+
+
+async def test_a_valid_caller_without_the_role_gets_403(api: Api, stack: Stack) -> None:
+    """Authenticated but not allowed for the provider: 403 insufficient_scope, nothing fetched."""
+    response = await api.get("/api/token/ilevel", token=stack.caller(roles=()))
+    assert response.status_code == 403
+    assert response.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    assert stack.tokens.request_count == 0
+
+
+@pytest.mark.parametrize("claim", ["oid", "appid"])
+async def test_callers_can_be_allowed_by_object_id_or_application_id(stack: Stack, claim: str) -> None:
+    """BROKER_<NAME>_ALLOWED_CALLERS matches the oid, or the appid/azp, of the caller."""
+    identity = str(uuid.uuid4())
+    broker = stack.broker(stack.settings(BROKER_ILEVEL_ALLOWED_CALLERS=identity, BROKER_ILEVEL_ALLOWED_ROLES=""))
+    token = stack.caller(roles=(), **{claim: identity})
+    caller = await broker.authenticate(f"Bearer {token}")
+    served = await broker.token(caller, "ilevel", min_validity=300, force=False)
+    assert served.token.access_token.reveal()
+    await broker.aclose()
+
+
+async def test_the_provider_path_is_validated_after_authentication(api: Api, stack: Stack) -> None:
+    """A valid caller learns 400 for a malformed provider name and 404 for an unknown one."""
+    token = stack.caller()
+    assert (await api.get("/api/token/Not_Valid", token=token)).status_code == 400
+    unknown = await api.get("/api/token/other", token=token)
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_provider")
+
+
+async def test_a_new_signing_key_is_picked_up_on_its_first_token(api: Api, stack: Stack) -> None:
+    """After Entra publishes a new key, a token signed with it triggers one refresh of the key set."""
+    stack.entra.rotate()
+    try:
+        before = stack.entra.jwks_fetches
+        response = await api.get("/api/token/ilevel", token=stack.caller())
+        assert response.status_code == 200
+        assert stack.entra.jwks_fetches - before <= 2
+    finally:
+        stack.entra.drop_old_keys()
+
+
+class Ticking:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_unknown_kids_refresh_the_keys_at_most_once_a_minute(stack: Stack) -> None:
+    """A stream of tokens with unknown kids causes one key refresh per minute, not one per token."""
+    broker = stack.broker()
+    clock = Ticking()
+    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id, clock=clock)
+    auth = CallerAuthenticator(broker.settings, keys)
+    await auth.authenticate(f"Bearer {stack.caller()}")
+    loads = stack.entra.jwks_fetches
+    for _ in range(20):
+        token = stack.entra.mint(stack.entra.tenant_id, aud=AUDIENCE, kid=str(uuid.uuid4()))
+        with pytest.raises(InvalidCallerToken):
+            await auth.authenticate(f"Bearer {token}")
+        clock.now += 1
+    assert stack.entra.jwks_fetches - loads == 0, "within a minute of the first load: no refresh"
+    clock.now += 60
+    with pytest.raises(InvalidCallerToken):
+        await auth.authenticate(f"Bearer {stack.entra.mint(stack.entra.tenant_id, aud=AUDIENCE, kid='x')}")
+    assert stack.entra.jwks_fetches - loads == 1
+    await broker.aclose()
+
+
+async def test_a_failed_key_refresh_keeps_the_last_known_good_keys(stack: Stack) -> None:
+    """When the JWKS endpoint fails during a refresh, tokens signed with known keys still pass."""
+    broker = stack.broker()
+    clock = Ticking()
+    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id, clock=clock)
+    auth = CallerAuthenticator(broker.settings, keys)
+    await auth.authenticate(f"Bearer {stack.caller()}")
+    stack.entra.fail_jwks = True
+    clock.now += 120
+    with pytest.raises(InvalidCallerToken):
+        await auth.authenticate(f"Bearer {stack.entra.mint(stack.entra.tenant_id, aud=AUDIENCE, kid='new')}")
+    caller = await auth.authenticate(f"Bearer {stack.caller()}")
+    assert caller.roles == {ROLE}
+    await broker.aclose()
+
+
+async def test_an_unreachable_authority_is_a_503_not_a_401(api: Api, stack: Stack) -> None:
+    """If the signing keys were never loaded and Entra's metadata fails, the caller is told to retry."""
+    stack.entra.fail_jwks = True
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert response.status_code == 503
+    assert response.json()["error"] == "authority_unavailable"
+    assert "retry-after" in response.headers
+
+
+async def test_an_identical_verified_token_is_not_verified_again_but_still_expires(stack: Stack) -> None:
+    """The verified-token cache answers repeat tokens, and stops honouring them after exp plus leeway."""
+    broker = stack.broker()
+    clock = Ticking()
+    clock.now = time.time()
+    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id)
+    auth = CallerAuthenticator(broker.settings, keys, clock=clock)
+    token = stack.caller(expires_in=120)
+    first = await auth.authenticate(f"Bearer {token}")
+    assert await auth.authenticate(f"Bearer {token}") is first
+    clock.now += 120 + 61
+    with pytest.raises(InvalidCallerToken):
+        await auth.authenticate(f"Bearer {token}")
+    await broker.aclose()
