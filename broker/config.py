@@ -44,6 +44,7 @@ GLOBAL_SETTINGS: tuple[str, ...] = (
     "BROKER_PROVIDERS",
     "BROKER_TOKEN_BUDGET_SECONDS",
     "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+    "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -129,6 +130,8 @@ class Settings:
     audiences: frozenset[str] = frozenset()
     token_budget_s: float = DEFAULT_TOKEN_BUDGET_S
     caller_auth_disabled: bool = False
+    # False only for a local Key Vault emulator whose host is not *.vault.azure.net.
+    key_vault_verify_challenge: bool = True
     running_in_azure: bool = False
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -231,6 +234,15 @@ def load_settings(env: Mapping[str, str]) -> Settings:
             "is refused when running in Azure (WEBSITE_SITE_NAME is set); remove it from the app settings",
         )
 
+    verify_challenge = not env.get("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "").strip() or _flag(
+        env, "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
+    )
+    if not verify_challenge and running_in_azure:
+        raise ConfigError(
+            "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
+            "is refused when running in Azure (WEBSITE_SITE_NAME is set); it is for local Key Vault emulators only",
+        )
+
     vault = env.get("KEY_VAULT_URL", "").strip() or None
     if vault is not None:
         vault = _url("KEY_VAULT_URL", vault, allow_loopback_http=False)
@@ -280,6 +292,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         audiences=audiences,
         token_budget_s=budget,
         caller_auth_disabled=auth_disabled,
+        key_vault_verify_challenge=verify_challenge,
         running_in_azure=running_in_azure,
         warnings=tuple(warnings),
     )

@@ -40,8 +40,9 @@ def _fields(data: Any) -> dict[str, str]:
 
 
 def _vault_name(url: str | None) -> str | None:
-    host = urlsplit(url).hostname if url else None
-    return host.split(".")[0].lower() if host else None
+    """``kv-x`` for https://kv-x.vault.azure.net/ (any cloud); None for other hosts such as emulators."""
+    host = (urlsplit(url).hostname or "") if url else ""
+    return host.split(".")[0].lower() if ".vault." in host else None
 
 
 async def check_rotation_event(

@@ -61,10 +61,12 @@ class Broker:
             follow_redirects=False,
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
         )
+        client_options = {} if settings.key_vault_verify_challenge else {"verify_challenge_resource": False}
+        client_options.update(o.secret_client_options or {})
         self.secrets = o.secret_store or build_secret_store(
             vault_url=settings.key_vault_url,
             identity_client_id=settings.managed_identity_client_id,
-            client_options=o.secret_client_options,
+            client_options=client_options,
         )
         self.providers: dict[str, Provider] = {}
         for name, config in settings.providers.items():

@@ -1,0 +1,93 @@
+"""``python -m broker serve`` over real HTTP: the same app under uvicorn, against the real-protocol stand-ins."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Stack, leaks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "broker", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture
+def served(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    env = {**os.environ, **stack.env}
+    env.update(
+        REQUESTS_CA_BUNDLE=stack.servers.pki.ca,
+        BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE="false",
+    )
+    process = start(env, "serve", "--host", "127.0.0.1", "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"broker did not start: {process.communicate()[0][-2000:]}")
+        time.sleep(0.1)
+    yield base, process
+    process.terminate()
+    output = process.communicate(timeout=10)[0]
+    assert not leaks(output), "the server's log output leaks a secret or token"
+
+
+def test_serve_returns_tokens_to_authenticated_callers_only(
+    served: tuple[str, subprocess.Popen[str]], stack: Stack
+) -> None:
+    """Over real HTTP: 200 with a token for the caller with the role, 401 without, 403 without the role."""
+    base, _ = served
+    ok = httpx.get(f"{base}/api/token/ilevel", headers={"Authorization": f"Bearer {stack.caller()}"}, timeout=10)
+    assert ok.status_code == 200
+    assert ok.json()["access_token"] == stack.tokens.issued_tokens[-1]
+    assert httpx.get(f"{base}/api/token/ilevel", timeout=10).status_code == 401
+    denied = httpx.post(
+        f"{base}/api/token/ilevel", headers={"Authorization": f"Bearer {stack.caller(roles=())}"}, timeout=10
+    )
+    assert denied.status_code == 403
+    assert stack.kv.unauthenticated_requests >= 1, "the real SecretClient went through Key Vault's 401 challenge"
+
+
+def test_switching_caller_auth_off_is_refused_on_a_non_loopback_address(stack: Stack) -> None:
+    """BROKER_INSECURE_DISABLE_CALLER_AUTH with --host 0.0.0.0 exits with an error naming the setting."""
+    env = {**os.environ, **stack.env, "BROKER_INSECURE_DISABLE_CALLER_AUTH": "true"}
+    process = start(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 2
+    assert "BROKER_INSECURE_DISABLE_CALLER_AUTH" in output
+
+
+def test_an_invalid_setting_stops_serve_with_its_name(stack: Stack) -> None:
+    """A bad setting is reported in one line that names it, with no stack trace."""
+    env = {**os.environ, **stack.env, "BROKER_ILEVEL_AUTH_METHOD": "basic"}
+    process = start(env, "serve", "--port", str(free_port()))
+    output = process.communicate(timeout=30)[0]
+    assert process.returncode == 2
+    assert "BROKER_ILEVEL_AUTH_METHOD" in output
+    assert "Traceback" not in output
