@@ -148,7 +148,8 @@ async def _run(broker: Broker, name: str, report: CheckReport, overrides: Overri
                     report.advice.append(f"set {config.setting('BASIC_ENCODING')}={encoding}")
                 report.ok = False
             return
-        report.attempts.append({"variant": label, "result": f"{outcome.code}: {outcome.description}"})
+        status = f" (HTTP {outcome.upstream_status})" if isinstance(outcome, TokenRejected) else ""
+        report.attempts.append({"variant": label, "result": f"{outcome.code}{status}: {outcome.description}"})
         if not isinstance(outcome, TokenRejected) or outcome.upstream_status >= 500:
             # The network or the server failed: trying other variants would say nothing new.
             report.problems.append(outcome.description)

@@ -12,6 +12,7 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -183,20 +184,22 @@ class TokenEndpoint:
         return headers, form
 
     def _network_error(self, exc: httpx.TransportError) -> Exception:
-        cause = _root_cause(exc)
-        if isinstance(cause, ssl.SSLError):
+        chain = _chain(exc)
+        tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+        if tls is not None:
             # A certificate problem won't fix itself on retry.
-            reason = getattr(cause, "reason", None) or "SSL error"
+            reason = getattr(tls, "reason", None) or "SSL error"
             return UpstreamUnavailable(
                 f"TLS handshake with the token endpoint {self._host} failed ({reason}); "
                 "check the URL and the CA trust (SSL_CERT_FILE).",
                 retry_after=60,
             )
-        text = str(cause).lower()
-        if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+        if any(isinstance(e, socket.gaierror) for e in chain):
             reason = "DNS lookup failed"
-        elif "refused" in text:
+        elif any(isinstance(e, ConnectionRefusedError) for e in chain):
             reason = "connection refused"
+        elif any(isinstance(e, ConnectionResetError) for e in chain):
+            reason = "connection reset"
         else:
             reason = type(exc).__name__
         return _Retryable(
@@ -320,14 +323,14 @@ def _scrub(text: str, credentials: Credentials) -> str:
     return " ".join(text.split())[:200]
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    seen: BaseException = exc
-    while not isinstance(seen, ssl.SSLError):
-        nxt = seen.__cause__ or seen.__context__
-        if nxt is None:
-            break
-        seen = nxt
-    return seen
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -1,0 +1,131 @@
+"""Telemetry: OpenTelemetry instruments fire with provider/outcome attributes; one structured log line per request."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from broker.http import REQUEST_ID_HEADER, create_app
+from broker.telemetry import Telemetry, configure_exporter
+from broker.tokens import fingerprint
+from tests.conftest import Stack
+
+
+class Metrics:
+    """Reads what the real OpenTelemetry SDK collected, by instrument name."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[self.reader]))
+
+    def points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        found = []
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+    def counts(self, name: str, *keys: str) -> Counter[tuple[str, ...]]:
+        return Counter({tuple(p.attributes[k] for k in keys): p.value for p in self.points(name)})
+
+
+@pytest.fixture
+async def measured(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Metrics]]:
+    metrics = Metrics()
+    broker = stack.broker(telemetry=metrics.telemetry)
+    transport = httpx.ASGITransport(app=create_app(broker))
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        yield client, metrics
+    await broker.aclose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_served_requests_are_counted_by_provider_and_outcome(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack
+) -> None:
+    """A cold request counts as fetched, the next as a cache hit; remaining lifetime is recorded for both."""
+    client, metrics = measured
+    caller = stack.caller()
+    await client.get("/api/token/ilevel", headers=bearer(caller))
+    await client.get("/api/token/ilevel", headers=bearer(caller))
+    assert metrics.counts("broker.token.requests", "provider", "outcome") == {
+        ("ilevel", "fetched"): 1,
+        ("ilevel", "hit"): 1,
+    }
+    lifetimes = metrics.points("broker.token.remaining_lifetime")
+    assert sum(p.count for p in lifetimes) == 2
+    assert all(3500 < p.max <= 3600 for p in lifetimes)
+
+
+async def test_upstream_fetches_and_key_vault_reads_are_counted_and_timed(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack
+) -> None:
+    """One fetch: one success with a latency sample, and one successful read per secret."""
+    client, metrics = measured
+    await client.get("/api/token/ilevel", headers=bearer(stack.caller()))
+    assert metrics.counts("broker.upstream.fetches", "provider", "outcome") == {("ilevel", "success"): 1}
+    (latency,) = metrics.points("broker.upstream.fetch.duration")
+    assert latency.count == 1 and latency.attributes["outcome"] == "success"
+    assert metrics.counts("broker.keyvault.reads", "provider", "secret", "outcome") == {
+        ("ilevel", "ilevel-client-id", "success"): 1,
+        ("ilevel", "ilevel-client-secret", "success"): 1,
+    }
+
+
+async def test_failures_are_counted_with_their_error_code(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack
+) -> None:
+    """A rejected fetch counts as invalid_client on both the upstream and the served counters."""
+    client, metrics = measured
+    stack.tokens.revoke(stack.client_id, stack.client_secret)
+    response = await client.get("/api/token/ilevel", headers=bearer(stack.caller()))
+    assert response.status_code == 502
+    assert metrics.counts("broker.upstream.fetches", "outcome")[("invalid_client",)] >= 1
+    assert metrics.counts("broker.token.requests", "provider", "outcome") == {("ilevel", "invalid_client"): 1}
+
+
+async def test_caller_authentication_failures_are_counted_by_reason(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack
+) -> None:
+    """Missing and expired caller tokens are counted under their reasons."""
+    client, metrics = measured
+    await client.get("/api/token/ilevel")
+    expired = stack.entra.mint(stack.entra.tenant_id, aud="api://ilevel-token-broker", expires_in=-3600)
+    await client.get("/api/token/ilevel", headers=bearer(expired))
+    assert metrics.counts("broker.caller_auth.failures", "reason", "outcome") == {
+        ("missing", "rejected"): 1,
+        ("expired", "rejected"): 1,
+    }
+
+
+async def test_one_log_line_per_request_with_its_id_caller_outcome_and_token_fingerprint(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access line carries the request id returned to the caller, the caller oid, and only a token fingerprint."""
+    client, _ = measured
+    oid = "5f0c1c3e-0000-4000-8000-000000000001"
+    response = await client.get("/api/token/ilevel", headers=bearer(stack.caller(oid=oid)))
+    request_id = response.headers[REQUEST_ID_HEADER]
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert f"id={request_id}" in line and f"caller_oid={oid}" in line
+    assert "provider=ilevel" in line and "outcome=fetched" in line and "latency_ms=" in line
+    assert f"token={fingerprint(response.json()['access_token'])}" in line
+
+
+def test_no_export_without_an_application_insights_connection_string() -> None:
+    """Without APPLICATIONINSIGHTS_CONNECTION_STRING telemetry is not exported (the API's no-op instruments remain)."""
+    assert configure_exporter({}) is False
