@@ -19,7 +19,7 @@ def env(stack: Stack) -> Iterator[Stack]:
         stack.monkeypatch.setenv(key, value)
     stack.monkeypatch.setenv("REQUESTS_CA_BUNDLE", stack.servers.pki.ca)
     stack.monkeypatch.setenv("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false")
-    yield stack
+    return stack
 
 
 def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object], str]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
+from azure.core.credentials import AccessToken
 
-from tests.conftest import Stack, leaks
+from tests.conftest import ROLE, Stack, leaks
 
 
 def free_port() -> int:
@@ -91,3 +95,38 @@ def test_an_invalid_setting_stops_serve_with_its_name(stack: Stack) -> None:
     assert process.returncode == 2
     assert "BROKER_ILEVEL_AUTH_METHOD" in output
     assert "Traceback" not in output
+
+
+class EntraStandinCredential:
+    """A TokenCredential backed by the Entra stand-in: what a managed identity would get from Entra ID."""
+
+    def __init__(self, stack: Stack, roles: tuple[str, ...]) -> None:
+        self.stack = stack
+        self.roles = roles
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        audience = scopes[0].removesuffix("/.default")
+        return AccessToken(self.stack.caller(aud=audience, roles=self.roles), int(time.time()) + 3600)
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("call_broker", Path("docs/examples/call_broker.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_python_caller_snippet_in_the_docs_gets_a_token(
+    served: tuple[str, subprocess.Popen[str]], stack: Stack
+) -> None:
+    """docs/callers.md's Python example, run as written against the local broker, returns the upstream token."""
+    base, _ = served
+    example = load_example()
+    token = example.fetch_ilevel_token(
+        base, "api://ilevel-token-broker/.default", EntraStandinCredential(stack, (ROLE,))
+    )
+    assert token == stack.tokens.issued_tokens[-1]
+    with pytest.raises(example.BrokerError) as raised:
+        example.fetch_ilevel_token(base, "api://ilevel-token-broker/.default", EntraStandinCredential(stack, ()))
+    assert (raised.value.status, raised.value.error) == (403, "insufficient_scope")

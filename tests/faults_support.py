@@ -1,0 +1,117 @@
+"""Helpers for the fault-matrix, rotation and property tests: a clock the test moves, an upstream
+attempt counter that also sees unreachable endpoints, and a summary written for the closing note."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from broker.http import create_app
+from broker.runtime import Broker
+from tests.conftest import Api, Stack, sensitive
+
+
+class SimClock:
+    """Wall time plus an offset the test moves forward: minutes of token life pass in an instant."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class TokenRequests:
+    """Counts the broker's token requests as they leave it (an httpx hook), so refused connects count too."""
+
+    def __init__(self, token_url: str) -> None:
+        self.token_url = token_url
+        self.count = 0
+
+    async def __call__(self, request: httpx.Request) -> None:
+        if request.method == "POST" and str(request.url) == self.token_url:
+            self.count += 1
+
+
+class Rig:
+    """A broker on the test stack with a movable clock and counted token requests, behind its HTTP surface."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.clock = SimClock()
+        self.caller = stack.caller(expires_in=86400 * 30)
+        self.attempts = TokenRequests(stack.token_url)
+        self.broker: Broker | None = None
+        self.api: Api | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self, *, settings: dict[str, str] | None = None, **overrides: Any) -> Rig:
+        changes = dict(settings or {})
+        self.attempts = TokenRequests(changes.get("BROKER_ILEVEL_TOKEN_URL", self.stack.token_url))
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            follow_redirects=False,
+            event_hooks={"request": [self.attempts]},
+        )
+        overrides.setdefault("clock", self.clock)
+        overrides.setdefault("http", http)
+        self.broker = self.stack.broker(self.stack.settings(**changes), **overrides)
+        transport = httpx.ASGITransport(app=create_app(self.broker))
+        self._client = httpx.AsyncClient(transport=transport, base_url="http://broker.test")
+        self.api = Api(self._client, self.stack)
+        return self
+
+    async def get(self, path: str = "/api/token/ilevel", **kwargs: Any) -> tuple[httpx.Response, float]:
+        """One caller request; returns the response and how long the caller waited (s)."""
+        assert self.api is not None, "call start() first"
+        started = time.perf_counter()
+        response = await self.api.get(path, token=kwargs.pop("token", self.caller), **kwargs)
+        return response, time.perf_counter() - started
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self.broker is not None:
+            await self.broker.aclose()
+
+
+@contextlib.asynccontextmanager
+async def rig_on(stack: Stack) -> AsyncIterator[Rig]:
+    """A not-yet-started rig, closed afterwards; the test starts it with the settings it needs."""
+    made = Rig(stack)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+def token_body(expires_in: object = 3600) -> dict[str, object]:
+    """A well-formed token response with a generated (registered) token."""
+    return {"access_token": sensitive(secrets.token_urlsafe(32)), "token_type": "Bearer", "expires_in": expires_in}
+
+
+def report(config: pytest.Config, base: Path, name: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``<pytest basetemp>/<name>.json`` and show it in the terminal summary."""
+    path = base / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n{name}: {json.dumps(data.get('summary', data), sort_keys=True)} (full: {path})")
+
+
+async def settle() -> None:
+    """Let background tasks (refresh-ahead) run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
