@@ -147,6 +147,13 @@ class Stack:
         self.brokers.append(broker)
         return broker
 
+    def export_environment(self) -> None:
+        """Put the settings in the process environment, as app settings are in Azure (for whole-process tests)."""
+        for key, value in self.env.items():
+            self.monkeypatch.setenv(key, value)
+        self.monkeypatch.setenv("REQUESTS_CA_BUNDLE", self.servers.pki.ca)
+        self.monkeypatch.setenv("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false")
+
     def caller(self, *, roles: tuple[str, ...] = (ROLE,), **claims: Any) -> str:
         """A valid Entra access token for the broker, as ADF's managed identity would send."""
         claims.setdefault("aud", AUDIENCE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,11 +13,8 @@ from tests.conftest import Stack, leaks
 
 
 @pytest.fixture
-def env(stack: Stack) -> Iterator[Stack]:
-    for key, value in stack.env.items():
-        stack.monkeypatch.setenv(key, value)
-    stack.monkeypatch.setenv("REQUESTS_CA_BUNDLE", stack.servers.pki.ca)
-    stack.monkeypatch.setenv("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false")
+def env(stack: Stack) -> Stack:
+    stack.export_environment()
     return stack
 
 

@@ -18,10 +18,7 @@ from tests.conftest import Stack
 
 @pytest.fixture
 def function_app(stack: Stack) -> Iterator[ModuleType]:
-    for key, value in stack.env.items():
-        stack.monkeypatch.setenv(key, value)
-    stack.monkeypatch.setenv("REQUESTS_CA_BUNDLE", stack.servers.pki.ca)
-    stack.monkeypatch.setenv("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "false")
+    stack.export_environment()
     sys.modules.pop("function_app", None)
     module = importlib.import_module("function_app")
     yield module
