@@ -43,6 +43,9 @@ DEFAULT_LIFETIME_S = 300.0
 # A token claiming to live longer than a day is cached for a day at most.
 MAX_LIFETIME_S = 24 * 3600.0
 USER_AGENT = "ilevel-token-broker/1.0"
+# Retry-After for an unreachable or timed-out endpoint with nothing better to go on; the cache
+# holds the failure this long, so an earlier retry would only get the same answer.
+UNAVAILABLE_RETRY_AFTER_S = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +145,10 @@ class TokenEndpoint:
 
     async def _attempt(self, credentials: Credentials, left: float, method: str | None, encoding: str | None) -> Token:
         if left <= 0:
-            raise UpstreamTimeout(f"The token endpoint {self._host} did not answer within the budget; retry later.")
+            raise UpstreamTimeout(
+                f"The token endpoint {self._host} did not answer within the budget; retry later.",
+                retry_after=UNAVAILABLE_RETRY_AFTER_S,
+            )
         headers, form = self._compose(credentials, method, encoding)
         timeout = httpx.Timeout(
             connect=min(self._retry.connect_timeout_s, left),
@@ -152,16 +158,27 @@ class TokenEndpoint:
         )
         sent_at = self._clock()
         try:
-            async with self._http.stream(
-                "POST", self._provider.token_url, data=form, headers=headers, timeout=timeout
-            ) as response:
-                body = await _read_capped(response, self._host)
+            # httpx's read timeout bounds each read, not the body: a body trickling in just under
+            # it would outlast the budget, so the whole attempt gets what is left of the budget.
+            async with asyncio.timeout(left):
+                async with self._http.stream(
+                    "POST", self._provider.token_url, data=form, headers=headers, timeout=timeout
+                ) as response:
+                    body = await _read_capped(response, self._host)
         except BrokerError:
             raise
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"The token endpoint {self._host} did not answer within the budget; retry later.",
+                retry_after=UNAVAILABLE_RETRY_AFTER_S,
+            ) from exc
         except httpx.TimeoutException as exc:
             phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
             raise _Retryable(
-                UpstreamTimeout(f"Timed out {phase} the token endpoint {self._host}; retry later.")
+                UpstreamTimeout(
+                    f"Timed out {phase} the token endpoint {self._host}; retry later.",
+                    retry_after=UNAVAILABLE_RETRY_AFTER_S,
+                )
             ) from exc
         except httpx.TransportError as exc:
             raise self._network_error(exc) from exc
@@ -206,7 +223,7 @@ class TokenEndpoint:
             UpstreamUnavailable(
                 f"The token endpoint {self._host} is unreachable ({reason}); check the provider's TOKEN_URL "
                 "setting and the network, or retry later.",
-                retry_after=30,
+                retry_after=UNAVAILABLE_RETRY_AFTER_S,
             )
         )
 
@@ -217,7 +234,7 @@ class TokenEndpoint:
             raise _Retryable(
                 UpstreamUnavailable(
                     f"The token endpoint {self._host} answered {status}; retry later.",
-                    retry_after=retry_after or 30,
+                    retry_after=retry_after or UNAVAILABLE_RETRY_AFTER_S,
                 ),
                 retry_after,
             )

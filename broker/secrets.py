@@ -204,7 +204,9 @@ class KeyVaultSecretStore:
                 "enable one or set a new version (az keyvault secret set).",
                 secret=name,
             )
-        newest = max(enabled, key=lambda p: (p.created_on is not None, p.created_on))
+        # created_on has one-second resolution: among versions created in the same second, max()
+        # keeps the first it meets, so scan from the end of the listing (the later-created ones).
+        newest = max(reversed(enabled), key=lambda p: (p.created_on is not None, p.created_on))
         log.warning(
             "secrets: latest version of secret %r is disabled; using the newest enabled version %s",
             name,

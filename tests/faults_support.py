@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,20 +16,28 @@ import pytest
 
 from broker.http import create_app
 from broker.runtime import Broker
-from tests.conftest import Api, Stack, sensitive
+from tests.conftest import Api, Stack
 
 
 class SimClock:
-    """Wall time plus an offset the test moves forward: minutes of token life pass in an instant."""
+    """Wall time plus an offset the test moves forward, optionally running many times faster than real time."""
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self._rate = 1.0
+        self._since = time.monotonic()
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return time.time() + self.offset + (self._rate - 1) * (time.monotonic() - self._since)
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def fast_forward(self, rate: float) -> None:
+        """From now on run ``rate`` times as fast as real time (1 for normal speed); steady under any load."""
+        now = time.monotonic()
+        self.offset += (self._rate - 1) * (now - self._since)
+        self._rate, self._since = rate, now
 
 
 class TokenRequests:
@@ -97,18 +104,26 @@ async def rig_on(stack: Stack) -> AsyncIterator[Rig]:
         await made.close()
 
 
-def token_body(expires_in: object = 3600) -> dict[str, object]:
-    """A well-formed token response with a generated (registered) token."""
-    return {"access_token": sensitive(secrets.token_urlsafe(32)), "token_type": "Bearer", "expires_in": expires_in}
+class _Summary:
+    """A pytest plugin that prints the recorded numbers in the terminal summary, after capture ends."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        for line in self.lines:
+            terminalreporter.write_line(line)
 
 
 def report(config: pytest.Config, base: Path, name: str, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``<pytest basetemp>/<name>.json`` and show it in the terminal summary."""
+    """Write ``data`` to ``<pytest basetemp>/<name>.json`` and show its summary at the end of the run."""
     path = base / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{name}: {json.dumps(data.get('summary', data), sort_keys=True)} (full: {path})")
+    plugin = config.pluginmanager.get_plugin("broker-summary")
+    if plugin is None:
+        plugin = _Summary()
+        config.pluginmanager.register(plugin, "broker-summary")
+    plugin.lines.append(f"{name}: {json.dumps(data.get('summary', data), sort_keys=True)} (full: {path})")
 
 
 async def settle() -> None:
