@@ -20,7 +20,7 @@ from broker.config import ProviderConfig, Settings
 from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import NotFound
 from broker.secrets import SecretStore, build_secret_store
-from broker.source import TokenSource
+from broker.source import KEY_VAULT_BUDGET_S, TokenSource
 from broker.telemetry import Telemetry
 
 
@@ -82,6 +82,7 @@ class Broker:
                 config,
                 self.telemetry.instrument_secrets(self.secrets, name),
                 self.telemetry.instrument_endpoint(endpoint, name),
+                budget_s=settings.token_budget_s + KEY_VAULT_BUDGET_S,
                 clock=o.clock,
             )
             self.providers[name] = Provider(config, source, TokenCache(source.fetch, clock=o.clock))

@@ -316,11 +316,11 @@ def secret_client(vault_url: str, identity_client_id: str | None, **options: Any
         credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
     # Explicit timeouts and a short retry: the whole token request must fit ADF's 60 s.
     kwargs: dict[str, Any] = {
-        "connection_timeout": 5,
-        "read_timeout": 10,
-        "retry_total": 3,
-        "retry_backoff_factor": 1.0,
-        "retry_backoff_max": 8,
+        "connection_timeout": 3,
+        "read_timeout": 5,
+        "retry_total": 2,
+        "retry_backoff_factor": 0.8,
+        "retry_backoff_max": 4,
     }
     kwargs.update(options)
     client: SecretClientLike = SecretClient(vault_url, credential, **kwargs)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from broker.config import ProviderConfig
 from broker.endpoint import TokenEndpoint
-from broker.errors import SecretStoreUnavailable, TokenRejected
-from broker.secrets import Credentials, SecretStore
+from broker.errors import SecretStoreUnavailable, TokenRejected, UpstreamTimeout
+from broker.secrets import Credentials, SecretStore, SecretValue
 from broker.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 NEGATIVE_CACHE_S = 60.0
 # Key Vault re-reads triggered by a failure happen at most this often per provider.
 FAILURE_REREAD_INTERVAL_S = 10.0
+# Reading both secrets (managed-identity token and Key Vault retries included) gets this
+# long; with the token request's budget it bounds a whole fetch well inside ADF's 60 s.
+KEY_VAULT_BUDGET_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,13 @@ class TokenSource:
         secrets: SecretStore,
         endpoint: TokenEndpoint,
         *,
+        budget_s: float,
+        key_vault_budget_s: float = KEY_VAULT_BUDGET_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.provider = provider
+        self._budget_s = budget_s
+        self._key_vault_budget_s = key_vault_budget_s
         self._secrets = secrets
         self._endpoint = endpoint
         self._clock = clock
@@ -66,6 +73,18 @@ class TokenSource:
         self._last_reread = float("-inf")
 
     async def fetch(self) -> Token:
+        """A fresh token; the whole fetch, rotation fallbacks included, stays within the budget."""
+        try:
+            async with asyncio.timeout(self._budget_s):
+                return await self._fetch()
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"Fetching a token for provider {self.provider.name} (Key Vault and the token endpoint together) "
+                f"took longer than {self._budget_s:.0f} s; retry later.",
+                retry_after=30,
+            ) from None
+
+    async def _fetch(self) -> Token:
         credentials = await self.read_credentials()
         rejection = self._rejection(credentials)
         if rejection is not None:
@@ -95,10 +114,7 @@ class TokenSource:
     async def read_credentials(self) -> Credentials:
         """Both secrets, read concurrently; the last pair read if Key Vault is briefly unavailable."""
         try:
-            client_id, client_secret = await asyncio.gather(
-                self._secrets.read(self.provider.client_id_secret),
-                self._secrets.read(self.provider.client_secret_secret),
-            )
+            client_id, client_secret = await self._read_both()
         except SecretStoreUnavailable as error:
             if self._last_read is None:
                 raise
@@ -112,6 +128,22 @@ class TokenSource:
         credentials = Credentials(client_id=client_id, client_secret=client_secret)
         self._last_read = credentials
         return credentials
+
+    async def _read_both(self) -> tuple[SecretValue, SecretValue]:
+        try:
+            async with asyncio.timeout(self._key_vault_budget_s):
+                client_id, client_secret = await asyncio.gather(
+                    self._secrets.read(self.provider.client_id_secret),
+                    self._secrets.read(self.provider.client_secret_secret),
+                )
+        except TimeoutError:
+            raise SecretStoreUnavailable(
+                f"{self._secrets.location} did not answer within {self._key_vault_budget_s:.0f} s reading "
+                f"{self.provider.client_id_secret} and {self.provider.client_secret_secret}; retry later.",
+                secret=self.provider.client_secret_secret,
+                retry_after=10,
+            ) from None
+        return client_id, client_secret
 
     async def _recover(self, rejected: Credentials, error: TokenRejected) -> tuple[Token, Credentials]:
         now = self._clock()
