@@ -124,3 +124,22 @@ class FaultScript:
         with self._lock:
             self._queue.clear()
         self.default_reply = None
+
+
+class Scriptable:
+    """Mixin for stand-ins that answer with scripted faults; subclasses set ``self.faults``."""
+
+    faults: FaultScript
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next (authenticated) requests with these replies, one each."""
+        self.faults.script(*replies)
+
+    @property
+    def default_reply(self) -> Reply | None:
+        """A fault that answers every (authenticated) request until set back to ``None``."""
+        return self.faults.default_reply
+
+    @default_reply.setter
+    def default_reply(self, reply: Reply | None) -> None:
+        self.faults.default_reply = reply

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from broker.standin.faults import FaultScript, Reply
+from broker.standin.faults import FaultScript, Scriptable
 
 KEY_VAULT_RESOURCE = "https://vault.azure.net"
 RECOVERY_LEVEL = "Recoverable+Purgeable"
@@ -71,7 +71,7 @@ class _Operation:
     version: str = ""  # "" means latest
 
 
-class KeyVaultServer:
+class KeyVaultServer(Scriptable):
     """ASGI app: an in-memory Key Vault (secrets only) with bearer-challenge auth and faults."""
 
     def __init__(self, *, tenant_id: str | None = None, accepted_tokens: set[str] | None = None) -> None:
@@ -141,19 +141,6 @@ class KeyVaultServer:
     def allow(self) -> None:
         """Undo :meth:`forbid`."""
         self._forbidden = False
-
-    def script(self, *replies: Reply) -> None:
-        """Answer the next authenticated requests with these replies, one each."""
-        self.faults.script(*replies)
-
-    @property
-    def default_reply(self) -> Reply | None:
-        """A fault that answers every authenticated request until set back to ``None``."""
-        return self.faults.default_reply
-
-    @default_reply.setter
-    def default_reply(self, reply: Reply | None) -> None:
-        self.faults.default_reply = reply
 
     # --- HTTP -----------------------------------------------------------------------------
     async def _endpoint(self, request: Request) -> Response:

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from broker.standin.faults import OMIT, FaultScript, Omit, Reply
+from broker.standin.faults import OMIT, FaultScript, Omit, Reply, Scriptable
 
 Variant = Literal["basic_raw", "basic_form", "post"]
 ALL_VARIANTS: frozenset[Variant] = frozenset({"basic_raw", "basic_form", "post"})
@@ -67,7 +67,7 @@ def _bad_request(description: str, error: str = "invalid_request") -> _Rejected:
     return _Rejected(400, error, description)
 
 
-class TokenServer:
+class TokenServer(Scriptable):
     """ASGI app: a strict client-credentials token endpoint with faults on demand."""
 
     def __init__(
@@ -103,19 +103,6 @@ class TokenServer:
     def revoke(self, client_id: str, client_secret: str) -> None:
         """Make this credential pair invalid."""
         self._accepted.discard((client_id, client_secret))
-
-    def script(self, *replies: Reply) -> None:
-        """Answer the next requests with these replies, one each, before behaving normally again."""
-        self.faults.script(*replies)
-
-    @property
-    def default_reply(self) -> Reply | None:
-        """A fault that answers every request until set back to ``None``."""
-        return self.faults.default_reply
-
-    @default_reply.setter
-    def default_reply(self, reply: Reply | None) -> None:
-        self.faults.default_reply = reply
 
     @property
     def request_count(self) -> int:
