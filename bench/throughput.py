@@ -1,0 +1,140 @@
+"""Bench 1: cached-token throughput over loopback HTTP, against /api/health on the same server.
+
+One ``python -m broker serve`` process (one uvicorn worker) and one ``bench.loadgen``
+process, pinned to different CPUs when there are two. After one token request has filled
+the caches, rounds alternate health / token with the same generator settings; each
+figure is the median over its rounds. The token route's caller token is valid and
+identical for every request, as an ADF pipeline's managed identity sends it. A third
+series sends that same Authorization header to /api/health: the difference between the
+two health series is what parsing the ~1 KB caller token costs the HTTP server alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from bench.server import broker_process, cpu_pinning, load
+from bench.stack import StandIns
+from bench.stats import Figure, median
+
+TARGET_RATIO = 0.85
+
+
+def run(
+    servers: StandIns,
+    *,
+    rounds: int = 3,
+    duration_s: float = 5.0,
+    connections: int = 16,
+    warmup_s: float = 0.5,
+    log_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Measure; return the bench's JSON record (``figures`` and ``details``)."""
+    servers.reset()
+    pinning = cpu_pinning()
+    server_cpu, load_cpu = pinning if pinning else (None, None)
+    caller = servers.caller()
+    log: IO[Any] | None = open(log_dir / "throughput-server.log", "w") if log_dir else None  # noqa: SIM115
+    try:
+        with broker_process(servers, log=log, cpu=server_cpu) as base:
+            first = httpx.get(f"{base}/api/token/ilevel", headers={"Authorization": f"Bearer {caller}"}, timeout=30)
+            if first.status_code != 200:
+                raise RuntimeError(f"the first token request failed: {first.status_code} {first.text[:200]}")
+            runs: dict[str, list[dict[str, Any]]] = {"health": [], "health_with_caller_header": [], "token": []}
+            for _ in range(rounds):
+                runs["health"].append(
+                    load(
+                        f"{base}/api/health",
+                        duration_s=duration_s,
+                        connections=connections,
+                        cpu=load_cpu,
+                        warmup_s=warmup_s,
+                    )
+                )
+                # The same request bytes as the token route's: isolates the HTTP parsing of the caller token.
+                runs["health_with_caller_header"].append(
+                    load(
+                        f"{base}/api/health",
+                        duration_s=duration_s,
+                        connections=connections,
+                        caller=caller,
+                        cpu=load_cpu,
+                        warmup_s=warmup_s,
+                    )
+                )
+                runs["token"].append(
+                    load(
+                        f"{base}/api/token/ilevel",
+                        duration_s=duration_s,
+                        connections=connections,
+                        caller=caller,
+                        cpu=load_cpu,
+                        warmup_s=warmup_s,
+                    )
+                )
+    finally:
+        if log is not None:
+            log.close()
+    for name, results in runs.items():
+        failed = sum(r["errors"] for r in results)
+        if failed:
+            raise RuntimeError(f"{name}: {failed} requests did not answer 200")
+    summary = {
+        name: {key: median([r[key] for r in results]) for key in ("rps", "p50_ms", "p99_ms")}
+        for name, results in runs.items()
+    }
+    ratio = summary["token"]["rps"] / summary["health"]["rps"]
+    figures = [
+        Figure(
+            "throughput",
+            "HTTP: token route throughput",
+            summary["token"]["rps"],
+            summary["health"]["rps"],
+            "req/s",
+            "/api/health",
+            target=f">= {TARGET_RATIO}x",
+            met=ratio >= TARGET_RATIO,
+        ),
+        Figure(
+            "throughput",
+            "HTTP: token route throughput (same headers)",
+            summary["token"]["rps"],
+            summary["health_with_caller_header"]["rps"],
+            "req/s",
+            "/api/health + same Authorization header",
+        ),
+        Figure(
+            "throughput",
+            "HTTP: token route p50 latency",
+            summary["token"]["p50_ms"],
+            summary["health"]["p50_ms"],
+            "ms",
+            "/api/health",
+        ),
+        Figure(
+            "throughput",
+            "HTTP: token route p99 latency",
+            summary["token"]["p99_ms"],
+            summary["health"]["p99_ms"],
+            "ms",
+            "/api/health",
+        ),
+    ]
+    details = {
+        "summary": summary,
+        "rounds": runs,
+        "upstream_token_requests": servers.token_requests,
+        "settings": {
+            "rounds": rounds,
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "connections": connections,
+            "server_cpu": server_cpu,
+            "load_cpu": load_cpu,
+            "load_generator": "bench.loadgen (raw asyncio HTTP/1.1 keep-alive, closed loop)",
+        },
+    }
+    return {"figures": figures, "details": details}
