@@ -166,27 +166,30 @@ class CallerAuthenticator:
         token = _bearer(authorization)
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()
-        cached = self._verified.get(digest)
+        cached = self._remembered(digest, now)
         if cached is not None:
-            if now < cached.expires_at + LEEWAY_S:
-                return cached
-            del self._verified[digest]
-        caller = await self._verify(token, now)
+            return cached
+        kid = _signing_kid(token)
+        await self._keys.ensure_loaded()
+        # A burst of identical tokens all waited for the keys: the first one verified is enough.
+        cached = self._remembered(digest, now)
+        if cached is not None:
+            return cached
+        caller = await self._verify(token, kid, now)
         self._verified[digest] = caller
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return caller
 
-    async def _verify(self, token: str, now: float) -> Caller:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise _invalid("malformed", "the token is not a well-formed JWT") from None
-        if header.get("alg") != "RS256":
-            raise _invalid("alg", "the token is not signed with RS256")
-        kid = header.get("kid")
-        await self._keys.ensure_loaded()
-        key = await self._keys.key(kid) if isinstance(kid, str) else None
+    def _remembered(self, digest: bytes, now: float) -> Caller | None:
+        cached = self._verified.get(digest)
+        if cached is not None and now >= cached.expires_at + LEEWAY_S:
+            del self._verified[digest]
+            return None
+        return cached
+
+    async def _verify(self, token: str, kid: str | None, now: float) -> Caller:
+        key = await self._keys.key(kid) if kid is not None else None
         if key is None:
             raise _invalid("unknown_key", "the token is not signed by a key of the configured tenant")
         try:
@@ -197,7 +200,12 @@ class CallerAuthenticator:
                 audience=self._audiences,
                 issuer=self._keys.issuers,
                 # exp/nbf are checked below against the injected clock.
-                options={"require": ["exp", "iss", "aud"], "verify_exp": False, "verify_nbf": False},
+                options={
+                    "require": ["exp", "iss", "aud"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.InvalidAudienceError:
             raise _invalid(
@@ -223,6 +231,18 @@ class CallerAuthenticator:
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
             expires_at=float(claims["exp"]),
         )
+
+
+def _signing_kid(token: str) -> str | None:
+    """Checks that need no keys: a JWT, RS256. Returns its kid."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _invalid("malformed", "the token is not a well-formed JWT") from None
+    if header.get("alg") != "RS256":
+        raise _invalid("alg", "the token is not signed with RS256")
+    kid = header.get("kid")
+    return kid if isinstance(kid, str) else None
 
 
 def _str_claim(claims: dict[str, Any], name: str) -> str | None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,10 +87,12 @@ def _internal_error(request_id: str) -> JSONResponse:
 
 def _query(request: Request) -> tuple[int, bool]:
     raw = request.scope.get("query_string", b"")
+    if not raw:
+        return DEFAULT_MIN_VALIDITY_S, False
     if len(raw) > MAX_QUERY_BYTES:
         raise InvalidRequest("The query string is over 4 KiB.")
     try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("The query string is malformed.") from None
     seen: dict[str, str] = {}
@@ -112,7 +114,7 @@ def _query(request: Request) -> tuple[int, bool]:
 
 def _request_id(request: Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if given and _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
 
 
 def create_app(broker: Broker) -> Starlette:
@@ -138,7 +140,7 @@ def create_app(broker: Broker) -> Starlette:
             except InvalidCallerToken as error:
                 broker.telemetry.caller_rejected(error.reason)
                 raise
-            match = _TOKEN_PATH.fullmatch(request.url.path)
+            match = _TOKEN_PATH.fullmatch(request.scope["path"])
             if match is None:
                 raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
             if request.method not in ("GET", "POST"):

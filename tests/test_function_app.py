@@ -22,6 +22,9 @@ def function_app(stack: Stack) -> Iterator[ModuleType]:
     sys.modules.pop("function_app", None)
     module = importlib.import_module("function_app")
     yield module
+    # AsgiFunctionApp.__del__ calls asyncio.run() for the ASGI shutdown, which cannot work from a
+    # garbage collection inside a running loop (azure-functions 1.26); the real host never deletes it.
+    module.app.startup_task_done = False
     sys.modules.pop("function_app", None)
 
 
