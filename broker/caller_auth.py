@@ -48,9 +48,6 @@ class Caller:
         ids = {i for i in (self.oid, self.app_id) if i}
         return bool(ids & provider.allowed_callers) or bool(self.roles & provider.allowed_roles)
 
-    def describe(self) -> str:
-        return f"oid={self.oid or '-'} appid={self.app_id or '-'}"
-
 
 LOCAL_DEVELOPER = Caller(oid="local-developer", app_id=None, roles=frozenset(), expires_at=float("inf"))
 

@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl
@@ -200,14 +200,3 @@ def create_app(broker: Broker) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.broker = broker
     return app
-
-
-def app_from_environment(env: Callable[[], dict[str, str]] | None = None) -> Starlette:
-    """Load settings from the environment, log their warnings, and build the app."""
-    import os
-
-    from broker.config import load_settings, log_warnings
-
-    settings = load_settings(env() if env else dict(os.environ))
-    log_warnings(settings)
-    return create_app(Broker(settings))

@@ -6,9 +6,11 @@ import asyncio
 import base64
 import time
 
+import httpx
 import pytest
 
-from broker.http import STALE_HEADER
+from broker.config import log_warnings
+from broker.http import STALE_HEADER, create_app
 from tests.conftest import Api, Stack
 
 
@@ -148,3 +150,18 @@ async def test_stale_header_is_absent_on_normal_answers(api: Api, stack: Stack) 
     """Only a stale-but-valid answer carries the stale header."""
     response = await api.get("/api/token/ilevel", token=stack.caller())
     assert STALE_HEADER.lower() not in response.headers
+
+
+async def test_switching_caller_auth_off_locally_serves_without_a_token_and_says_so_loudly(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BROKER_INSECURE_DISABLE_CALLER_AUTH (local only) answers without a caller token and logs a warning."""
+    settings = stack.settings(BROKER_INSECURE_DISABLE_CALLER_AUTH="true")
+    log_warnings(settings)
+    broker = stack.broker(settings)
+    transport = httpx.ASGITransport(app=create_app(broker))
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+        response = await client.get("/api/token/ilevel")
+    assert response.status_code == 200
+    assert any("CALLER AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+    await broker.aclose()
