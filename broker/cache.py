@@ -69,11 +69,9 @@ class TokenCache:
         fetch: Callable[[], Awaitable[Token]],
         *,
         clock: Callable[[], float] = time.time,
-        on_refresh: Callable[[BrokerError | None], None] | None = None,
     ) -> None:
         self._fetch = fetch
         self._clock = clock
-        self._on_refresh = on_refresh
         self._token: Token | None = None
         self._flight: asyncio.Task[Token] | None = None
         self._flight_is_background = False
@@ -130,16 +128,21 @@ class TokenCache:
         try:
             token = await self._fetch()
         except BrokerError as error:
-            hold = min(max(FAILURE_HOLD_S, error.retry_after or 0.0), FAILURE_HOLD_MAX_S)
-            self._held = (error, self._clock() + hold)
-            if self._on_refresh is not None:
-                self._on_refresh(error)
+            self._hold(error)
             raise
+        except Exception as exc:
+            # A bug, not an upstream answer: held like any failure, so it cannot become a request storm.
+            log.exception("token fetch failed unexpectedly")
+            internal = BrokerError("The broker failed unexpectedly while fetching a token; see its log.")
+            self._hold(internal)
+            raise internal from exc
         self._token = token
         self._held = None
-        if self._on_refresh is not None:
-            self._on_refresh(None)
         return token
+
+    def _hold(self, error: BrokerError) -> None:
+        hold = min(max(FAILURE_HOLD_S, error.retry_after or 0.0), FAILURE_HOLD_MAX_S)
+        self._held = (error, self._clock() + hold)
 
     async def _fetch_now(self, fallback: Token | None) -> Served:
         """Wait for a token: join the flight in progress or start one; serve stale-but-valid on failure."""
@@ -147,7 +150,7 @@ class TokenCache:
         if held is not None:
             return self._stale_or_raise(fallback, held)
         background = self.fetching and self._flight_is_background
-        flight = self._flight if self._flight is not None and self.fetching else None
+        flight = self._flight if self.fetching else None
         if flight is None:
             flight = self._flight = self._start_flight()
         try:

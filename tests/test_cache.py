@@ -211,3 +211,22 @@ async def test_steady_traffic_for_an_hour_waits_on_the_upstream_only_once(clock:
         clock.now += 1
     assert waited == 1
     assert upstream.calls == 3
+
+
+async def test_an_unexpected_fetch_failure_is_held_like_any_other(clock: Clock) -> None:
+    """A bug in a fetch becomes a 500 internal_error that is held, not a fetch per request."""
+
+    calls = 0
+
+    async def broken() -> Token:
+        nonlocal calls
+        calls += 1
+        raise KeyError("bug")
+
+    cache = TokenCache(broken, clock=clock)
+    for _ in range(5):
+        with pytest.raises(BrokerError) as raised:
+            await cache.get()
+    assert raised.value.status == 500
+    assert raised.value.code == "internal_error"
+    assert calls == 1

@@ -165,3 +165,21 @@ async def test_switching_caller_auth_off_locally_serves_without_a_token_and_says
     assert response.status_code == 200
     assert any("CALLER AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
     await broker.aclose()
+
+
+async def test_a_simulated_hour_of_steady_traffic_waits_on_the_token_endpoint_only_once(stack: Stack) -> None:
+    """One request every 5 s for an hour (injected clock, real servers): only the first waits for iLevel."""
+    clock = [time.time()]
+    broker = stack.broker(clock=lambda: clock[0])
+    caller = await broker.authenticate(f"Bearer {stack.caller()}")
+    outcomes = []
+    for _ in range(3600 // 5):
+        outcomes.append((await broker.token(caller, "ilevel", min_validity=300, force=False)).outcome)
+        await asyncio.sleep(0.002)  # lets a background refresh complete, as real time between requests would
+        clock[0] += 5
+    waited = sum(o in ("fetched", "refreshed") for o in outcomes)
+    assert outcomes[0] == "fetched"
+    assert waited == 1
+    assert stack.tokens.request_count == 2  # the first fetch and one refresh-ahead ~330 s before expiry
+    assert dict(stack.kv.reads) == {"ilevel-client-id": 2, "ilevel-client-secret": 2}
+    await broker.aclose()
