@@ -89,7 +89,7 @@ class TokenSource:
         rejection = self._rejection(credentials)
         if rejection is not None:
             if self._last_good is None or self._last_good.versions == credentials.versions:
-                raise rejection.error
+                raise rejection.error.with_traceback(None)
             log.warning(
                 "provider %s: %s were rejected less than %.0f s ago; using the last working %s",
                 self.provider.name,
