@@ -44,37 +44,24 @@ def run(
             if first.status_code != 200:
                 raise RuntimeError(f"the first token request failed: {first.status_code} {first.text[:200]}")
             runs: dict[str, list[dict[str, Any]]] = {"health": [], "health_with_caller_header": [], "token": []}
+            # health+header sends the token route's request bytes: it isolates the HTTP parsing of the caller token.
+            series = (
+                ("health", "/api/health", None),
+                ("health_with_caller_header", "/api/health", caller),
+                ("token", "/api/token/ilevel", caller),
+            )
             for _ in range(rounds):
-                runs["health"].append(
-                    load(
-                        f"{base}/api/health",
-                        duration_s=duration_s,
-                        connections=connections,
-                        cpu=load_cpu,
-                        warmup_s=warmup_s,
+                for name, path, header in series:
+                    runs[name].append(
+                        load(
+                            f"{base}{path}",
+                            duration_s=duration_s,
+                            connections=connections,
+                            caller=header,
+                            cpu=load_cpu,
+                            warmup_s=warmup_s,
+                        )
                     )
-                )
-                # The same request bytes as the token route's: isolates the HTTP parsing of the caller token.
-                runs["health_with_caller_header"].append(
-                    load(
-                        f"{base}/api/health",
-                        duration_s=duration_s,
-                        connections=connections,
-                        caller=caller,
-                        cpu=load_cpu,
-                        warmup_s=warmup_s,
-                    )
-                )
-                runs["token"].append(
-                    load(
-                        f"{base}/api/token/ilevel",
-                        duration_s=duration_s,
-                        connections=connections,
-                        caller=caller,
-                        cpu=load_cpu,
-                        warmup_s=warmup_s,
-                    )
-                )
     finally:
         if log is not None:
             log.close()
