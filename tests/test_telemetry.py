@@ -10,11 +10,14 @@ import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.http import REQUEST_ID_HEADER, create_app
 from broker.telemetry import Telemetry, configure_exporter
 from broker.tokens import fingerprint
-from tests.conftest import Stack
+from tests.conftest import Stack, leaks
 
 
 class Metrics:
@@ -129,3 +132,21 @@ async def test_one_log_line_per_request_with_its_id_caller_outcome_and_token_fin
 def test_no_export_without_an_application_insights_connection_string() -> None:
     """Without APPLICATIONINSIGHTS_CONNECTION_STRING telemetry is not exported (the API's no-op instruments remain)."""
     assert configure_exporter({}) is False
+
+
+async def test_a_fetch_is_traced_with_key_vault_reads_and_the_upstream_request(stack: Stack) -> None:
+    """A cold request leaves spans for each secret read and the token request, with no secret in any attribute."""
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = stack.broker(telemetry=Telemetry(tracer_provider=tracer_provider))
+    caller = await broker.authenticate(f"Bearer {stack.caller()}")
+    await broker.token(caller, "ilevel", min_validity=300, force=False)
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["broker.secret.read", "broker.secret.read", "broker.upstream.fetch"]
+    assert {s.attributes["secret"] for s in spans if s.name == "broker.secret.read"} == {  # type: ignore[index]
+        "ilevel-client-id",
+        "ilevel-client-secret",
+    }
+    assert not leaks(" ".join(str(dict(s.attributes or {})) for s in spans))
+    await broker.aclose()
