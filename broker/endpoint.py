@@ -250,7 +250,7 @@ class TokenEndpoint:
 
     def _rejection(self, status: int, payload: dict[str, Any] | None, credentials: Credentials) -> BrokerError:
         if payload is not None and isinstance(payload.get("error"), str):
-            error = payload["error"]
+            error = _scrub(payload["error"], credentials)[:64]
             detail = _scrub(str(payload.get("error_description") or ""), credentials)
         elif status == 401:
             error, detail = "invalid_client", ""

@@ -9,6 +9,7 @@ import pytest
 
 from broker.caller_auth import CallerAuthenticator, SigningKeys
 from broker.errors import InvalidCallerToken
+from broker.runtime import Broker
 from tests.conftest import AUDIENCE, ROLE, Api, Stack
 
 
@@ -135,12 +136,21 @@ class Ticking:
         return self.now
 
 
+def authenticator(
+    broker: Broker, stack: Stack, *, keys_clock: Ticking | None = None, clock: Ticking | None = None
+) -> CallerAuthenticator:
+    """A caller authenticator on the Entra stand-in with clocks the test moves."""
+    keys = SigningKeys(
+        broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id, clock=keys_clock or time.monotonic
+    )
+    return CallerAuthenticator(broker.settings, keys, clock=clock or time.time)
+
+
 async def test_unknown_kids_refresh_the_keys_at_most_once_a_minute(stack: Stack) -> None:
     """A stream of tokens with unknown kids causes one key refresh per minute, not one per token."""
     broker = stack.broker()
     clock = Ticking()
-    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id, clock=clock)
-    auth = CallerAuthenticator(broker.settings, keys)
+    auth = authenticator(broker, stack, keys_clock=clock)
     await auth.authenticate(f"Bearer {stack.caller()}")
     loads = stack.entra.jwks_fetches
     for _ in range(20):
@@ -160,8 +170,7 @@ async def test_a_failed_key_refresh_keeps_the_last_known_good_keys(stack: Stack)
     """When the JWKS endpoint fails during a refresh, tokens signed with known keys still pass."""
     broker = stack.broker()
     clock = Ticking()
-    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id, clock=clock)
-    auth = CallerAuthenticator(broker.settings, keys)
+    auth = authenticator(broker, stack, keys_clock=clock)
     await auth.authenticate(f"Bearer {stack.caller()}")
     stack.entra.fail_jwks = True
     clock.now += 120
@@ -186,8 +195,7 @@ async def test_an_identical_verified_token_is_not_verified_again_but_still_expir
     broker = stack.broker()
     clock = Ticking()
     clock.now = time.time()
-    keys = SigningKeys(broker.http, authority=stack.entra.authority, tenant=stack.entra.tenant_id)
-    auth = CallerAuthenticator(broker.settings, keys, clock=clock)
+    auth = authenticator(broker, stack, clock=clock)
     token = stack.caller(expires_in=120)
     first = await auth.authenticate(f"Bearer {token}")
     assert await auth.authenticate(f"Bearer {token}") is first
