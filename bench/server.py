@@ -7,15 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-
 from bench.stack import StandIns
+from broker.standin.serve import wait_until_healthy
 
 START_TIMEOUT_S = 30.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,16 +49,8 @@ def broker_process(servers: StandIns, *, log: IO[Any] | None = None, cpu: int | 
         if cpu is not None:
             os.sched_setaffinity(process.pid, {cpu})
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"python -m broker serve did not start (exit code {process.poll()})")
-            time.sleep(0.05)
+        if not wait_until_healthy(base, process, timeout_s=START_TIMEOUT_S):
+            raise RuntimeError(f"python -m broker serve did not start (exit code {process.poll()})")
         yield base
     finally:
         process.terminate()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.config import ProviderConfig
-from broker.endpoint import TokenEndpoint
+from broker.endpoint import UNAVAILABLE_RETRY_AFTER_S, TokenEndpoint
 from broker.errors import SecretStoreUnavailable, TokenRejected, UpstreamTimeout
 from broker.secrets import Credentials, SecretStore, SecretValue
 from broker.tokens import Token
@@ -81,7 +81,7 @@ class TokenSource:
             raise UpstreamTimeout(
                 f"Fetching a token for provider {self.provider.name} (Key Vault and the token endpoint together) "
                 f"took longer than {self._budget_s:.0f} s; retry later.",
-                retry_after=30,
+                retry_after=UNAVAILABLE_RETRY_AFTER_S,
             ) from None
 
     async def _fetch(self) -> Token:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from azure.core.credentials import AccessToken
 
+from broker.standin.serve import wait_until_healthy
 from tests.conftest import ROLE, Stack, leaks
 
 
@@ -45,17 +46,9 @@ def served(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     )
     process = start(env, "serve", "--host", "127.0.0.1", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"broker did not start: {process.communicate()[0][-2000:]}")
-        time.sleep(0.1)
+    if not wait_until_healthy(base, process, timeout_s=20):
+        process.kill()
+        pytest.fail(f"broker did not start: {process.communicate()[0][-2000:]}")
     yield base, process
     process.terminate()
     output = process.communicate(timeout=10)[0]
