@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +34,12 @@ METADATA_RETRY_S = 10.0
 # (RS256 verification costs ~150 µs). Bounded; each entry still honours its exp.
 VERIFIED_CACHE_SIZE = 4096
 MAX_TOKEN_BYTES = 16 * 1024
+# The app roles the deployment defines are named Token.Read.<provider>.
+ROLE_PREFIX = "Token.Read."
+# exp/nbf are NumericDates; Entra writes whole seconds. Anything past year 9999 is not a date.
+MAX_TIMESTAMP = 253_402_300_799
+# Entra object, application and tenant ids are GUIDs; nothing else may reach a log line.
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,15 @@ LOCAL_DEVELOPER = Caller(oid="local-developer", app_id=None, roles=frozenset(), 
 def authorize(caller: Caller, provider: ProviderConfig, *, auth_disabled: bool) -> None:
     if auth_disabled or caller.allowed(provider):
         return
+    # Names exactly what the operator can grant, and who the broker saw: oid and appid are
+    # validated GUIDs (see _guid_claim), so echoing them cannot forge anything.
+    roles = " or ".join(sorted(provider.allowed_roles)) or f"{ROLE_PREFIX}{provider.name}"
+    seen = f"object id (oid) {caller.oid or 'none'}, application id (appid/azp) {caller.app_id or 'none'}"
     raise InsufficientScope(
-        f"This caller is not allowed tokens for provider {provider.name!r}. Ask an administrator to assign "
-        f"the app role or add the caller's object id to {provider.setting('ALLOWED_CALLERS')}."
+        f"This caller ({seen}) is not allowed tokens for provider {provider.name!r}. Ask the broker's operator "
+        f"to assign this identity the app role {roles} on the broker's app registration, or to allow its "
+        "object id for this provider. A new role assignment can take up to 24 h to reach a managed "
+        "identity's tokens."
     )
 
 
@@ -214,19 +227,22 @@ class CallerAuthenticator:
             raise _invalid("signature", "the token's signature is invalid") from None
         except jwt.PyJWTError:
             raise _invalid("invalid", "the token could not be validated") from None
-        exp, nbf = claims.get("exp"), claims.get("nbf", now)
-        if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)):
-            raise _invalid("invalid", "the token's exp or nbf is not a number")
+        exp = _timestamp(claims, "exp")
+        nbf = _timestamp(claims, "nbf") if "nbf" in claims else None
         if now > exp + LEEWAY_S:
             raise _invalid("expired", "the token has expired")
-        if now < nbf - LEEWAY_S:
+        if nbf is not None and now < nbf - LEEWAY_S:
             raise _invalid("not_yet_valid", "the token is not yet valid")
+        _guid_claim(claims, "tid", required=True)
+        app_id = _guid_claim(claims, "appid") or _guid_claim(claims, "azp")
+        if app_id is None:
+            raise _invalid("claims", "the token names no application (appid or azp)")
         roles = claims.get("roles")
         return Caller(
-            oid=_str_claim(claims, "oid"),
-            app_id=_str_claim(claims, "appid") or _str_claim(claims, "azp"),
+            oid=_guid_claim(claims, "oid", required=True),
+            app_id=app_id,
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
-            expires_at=float(claims["exp"]),
+            expires_at=float(exp),
         )
 
 
@@ -242,9 +258,22 @@ def _signing_kid(token: str) -> str | None:
     return kid if isinstance(kid, str) else None
 
 
-def _str_claim(claims: dict[str, Any], name: str) -> str | None:
+def _timestamp(claims: dict[str, Any], name: str) -> int:
+    """A NumericDate as Entra writes it: a whole number of seconds. NaN, Infinity, 1e400, 10**400 are not."""
     value = claims.get(name)
-    return value if isinstance(value, str) and value else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP:
+        raise _invalid("claims", f"the token's {name} is not a whole number of seconds since 1970")
+    return value
+
+
+def _guid_claim(claims: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    """An id claim that Entra always writes as a GUID; anything else is refused, absent only if optional."""
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not GUID.fullmatch(value):
+        raise _invalid("claims", f"the token's {name} is {'missing' if value is None else 'not a GUID'}")
+    return value
 
 
 def _bearer(authorization: str | None) -> str:

@@ -12,13 +12,14 @@ import email.utils
 import json
 import logging
 import random
+import re
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 
@@ -46,6 +47,12 @@ USER_AGENT = "ilevel-token-broker/1.0"
 # Retry-After for an unreachable or timed-out endpoint with nothing better to go on; the cache
 # holds the failure this long, so an earlier retry would only get the same answer.
 UNAVAILABLE_RETRY_AFTER_S = 30
+# An upstream's Retry-After is honoured up to this long and passed on no longer: a caller is
+# never told to stay away for more than an hour by one answer.
+MAX_RETRY_AFTER_S = 3600
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+# Echoed values shorter than this are not masked: they would garble the text and hide nothing.
+MIN_SCRUB_CHARS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,11 +340,27 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def _scrub(text: str, credentials: Credentials) -> str:
-    """Upstream text may echo what we sent: mask it, keep it short, keep it one line."""
-    for value in (credentials.client_secret.value.reveal(), credentials.client_id.value.reveal()):
-        if value:
-            text = text.replace(value, "***")
-    return " ".join(text.split())[:200]
+    """Upstream text may echo what we sent: mask every form of it, keep it short, keep it one line."""
+    return " ".join(_secret_forms(credentials).sub("***", text).split())[:200]
+
+
+def _secret_forms(credentials: Credentials) -> re.Pattern[str]:
+    """The client id and secret as an upstream may echo them: raw, form-encoded (the body),
+    percent-encoded (either hex case), and inside the Basic header's base64 (padded or not,
+    standard or URL-safe alphabet, raw or form-encoded parts)."""
+    client_id = credentials.client_id.value.reveal()
+    client_secret = credentials.client_secret.value.reveal()
+    forms: set[str] = set()
+    for value in (client_id, client_secret):
+        forms.update((value, quote_plus(value), quote(value, safe=""), quote(value)))
+    for pair in (f"{client_id}:{client_secret}", f"{quote_plus(client_id)}:{quote_plus(client_secret)}", client_secret):
+        encoded = base64.b64encode(pair.encode())
+        for alphabet in (encoded, encoded.replace(b"+", b"-").replace(b"/", b"_")):
+            forms.update((alphabet.decode("ascii"), alphabet.rstrip(b"=").decode("ascii")))
+    # Longest first, so a form inside another (the raw secret inside its base64) never splits it.
+    # Case-insensitive for %2b/%2B; over-masking a base64 look-alike costs nothing.
+    ordered = sorted((f for f in forms if len(f) >= MIN_SCRUB_CHARS), key=len, reverse=True)
+    return re.compile("|".join(re.escape(f) for f in ordered) or r"(?!)", re.IGNORECASE)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -351,14 +374,22 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    """Retry-After as delta-seconds (ASCII digits only) or an HTTP-date (RFC 9110 §10.2.3), capped.
+
+    ``str.isdigit`` is true for "²" and other Unicode digits that ``float`` refuses; anything
+    but ASCII digits or a date is ignored (None), and no value exceeds MAX_RETRY_AFTER_S.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELTA_SECONDS.fullmatch(value):
+        # Compare the digit count before converting: a 20-digit value is simply "too long".
+        return float(min(int(value), MAX_RETRY_AFTER_S)) if len(value) <= 9 else float(MAX_RETRY_AFTER_S)
+    if not value.isascii():
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        delay = when.timestamp() - now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, delay), float(MAX_RETRY_AFTER_S))

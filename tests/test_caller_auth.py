@@ -203,3 +203,53 @@ async def test_an_identical_verified_token_is_not_verified_again_but_still_expir
     with pytest.raises(InvalidCallerToken):
         await auth.authenticate(f"Bearer {token}")
     await broker.aclose()
+
+
+def hostile_claims() -> dict[str, dict[str, object]]:
+    return {
+        "exp 10**400": {"exp": 10**400},
+        "exp NaN": {"exp": float("nan")},
+        "exp Infinity": {"exp": float("inf")},
+        "exp a fraction": {"exp": time.time() + 3600.5},
+        "exp a string": {"exp": str(int(time.time()) + 3600)},
+        "exp true": {"exp": True},
+        "nbf NaN": {"nbf": float("nan")},
+        "nbf -Infinity": {"nbf": float("-inf")},
+        "nbf 10**400": {"nbf": 10**400},
+        "oid with a newline": {"oid": f"{uuid.uuid4()}\nrequest id=forged outcome=hit"},
+        "oid not a GUID": {"oid": "local-developer"},
+        "no oid": {"oid": None},
+        "appid not a GUID": {"appid": "app id with spaces"},
+        "no appid or azp": {"appid": None},
+        "tid common": {"tid": "common"},
+        "no tid": {"tid": None},
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_claims()))
+async def test_signed_but_malformed_claims_are_401_never_500_and_never_logged(
+    api: Api, stack: Stack, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Timestamps must be finite whole seconds and oid/appid/azp/tid GUIDs; anything else is 401 invalid_token."""
+    token = stack.caller(extra_claims=hostile_claims()[case])
+    response = await api.get("/api/token/ilevel", token=token)
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
+    assert stack.tokens.request_count == 0
+    assert not any("forged" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_v2_token_with_a_non_guid_azp_is_refused(api: Api, stack: Stack) -> None:
+    """v2 tokens name the application in azp, which must be a GUID too."""
+    token = stack.caller(version="2.0", extra_claims={"azp": "not-a-guid"})
+    response = await api.get("/api/token/ilevel", token=token)
+    assert response.status_code == 401
+
+
+async def test_the_403_names_the_app_role_and_the_caller_as_seen(api: Api, stack: Stack) -> None:
+    """A caller without the role learns the role to ask for and the oid/appid the broker saw, to pass on."""
+    oid, appid = str(uuid.uuid4()), str(uuid.uuid4())
+    response = await api.get("/api/token/ilevel", token=stack.caller(roles=(), oid=oid, appid=appid))
+    assert response.status_code == 403
+    description = response.json()["error_description"]
+    assert ROLE in description and oid in description and appid in description
+    assert "operator" in description

@@ -88,6 +88,8 @@ class TokenServer(Scriptable):
         self.requests: list[RecordedRequest] = []
         self.issued_tokens: list[str] = []
         self.faults = FaultScript()
+        # When True, rejections echo the request's Authorization header and body in error_description.
+        self.echo_request = False
         self._accepted: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._app = Starlette(routes=[Route(TOKEN_PATH, self._endpoint, methods=_ANY_METHOD)])
@@ -115,6 +117,7 @@ class TokenServer(Scriptable):
             self.requests.clear()
             self.issued_tokens.clear()
         self.faults.clear()
+        self.echo_request = False
 
     def decode(self, token: str) -> dict[str, object]:
         """Verify a token this server issued and return its claims."""
@@ -139,6 +142,12 @@ class TokenServer(Scriptable):
             variant, client_id = self._authenticate(headers, form)
         except _Rejected as rejected:
             self._record(request, headers, form, None, None, rejected.error)
+            if self.echo_request:
+                # Some real endpoints echo what they received in error_description: the Basic
+                # header and the raw body, secrets and all. The broker must scrub every form.
+                raw_body = body.decode("utf-8", errors="replace")
+                echoed = f"{rejected.description}; received Authorization: {headers.get('authorization', '')} body: "
+                rejected = _Rejected(rejected.status, rejected.error, echoed + raw_body)
             return _error_response(rejected)
         token = self._mint(client_id, form)
         self._record(request, headers, form, variant, client_id, "issued")
