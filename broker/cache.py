@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from broker.errors import BrokerError
@@ -41,11 +42,13 @@ Outcome = Literal["hit", "fetched", "refreshed", "stale"]
 
 @dataclass(frozen=True)
 class Served:
-    """What a request gets: the token, how it was obtained, and why it is stale (if it is)."""
+    """What a request gets: the token, how it was obtained, why it is stale (if it is), and,
+    for a force_refresh that was not honoured, in how many seconds one would be."""
 
     token: Token
     outcome: Outcome
     stale_reason: BrokerError | None = None
+    force_refused_retry_after: int | None = None
 
 
 def refresh_threshold(token: Token, min_validity: float) -> float:
@@ -88,10 +91,24 @@ class TokenCache:
 
     async def get(self, *, min_validity: float = 300.0, force: bool = False) -> Served:
         now = self._clock()
+        if force:
+            wait = self._force_wait(now)
+            if wait is None:
+                self._last_forced = now
+                return await self._fetch_now(self._token)
+            # Refused: the caller still gets a token, as without force, and learns when to ask again.
+            return replace(await self._get(now, min_validity), force_refused_retry_after=wait)
+        return await self._get(now, min_validity)
+
+    def _force_wait(self, now: float) -> int | None:
+        """None if a forced fetch may start now, else whole seconds until one may."""
+        until = self._last_forced + FORCE_INTERVAL_S
+        if self._held_error(now) is not None and self._held is not None:
+            until = max(until, self._held[1])  # a fetch now would only repeat the held failure
+        return None if until <= now else max(1, math.ceil(until - now))
+
+    async def _get(self, now: float, min_validity: float) -> Served:
         token = self._token
-        if force and now - self._last_forced >= FORCE_INTERVAL_S and self._held_error(now) is None:
-            self._last_forced = now
-            return await self._fetch_now(token)
         if token is not None and token.usable(now):
             wanted = effective_min_validity(token, min_validity)
             if token.remaining(now) >= wanted:

@@ -230,3 +230,34 @@ async def test_an_unexpected_fetch_failure_is_held_like_any_other(clock: Clock) 
     assert raised.value.status == 500
     assert raised.value.code == "internal_error"
     assert calls == 1
+
+
+async def test_a_refused_force_says_when_the_next_would_be_honoured(clock: Clock) -> None:
+    """A rate-limited force_refresh serves the cached token and names the seconds until a force is honoured."""
+    upstream = Upstream(clock)
+    cache = TokenCache(upstream, clock=clock)
+    await cache.get()
+    honoured = await cache.get(force=True)
+    assert honoured.force_refused_retry_after is None
+    clock.now += 10.5
+    refused = await cache.get(force=True)
+    assert refused.token is honoured.token and upstream.calls == 2
+    assert refused.force_refused_retry_after == 20
+    clock.now += 19.5
+    assert (await cache.get(force=True)).force_refused_retry_after is None
+    assert upstream.calls == 3
+
+
+async def test_a_force_during_a_held_failure_is_refused_until_the_hold_ends(clock: Clock) -> None:
+    """While a failure is held, a forced fetch would only repeat it: refused, with the hold's remaining time."""
+    upstream = Upstream(clock)
+    cache = TokenCache(upstream, clock=clock)
+    await cache.get()
+    clock.now += FORCE_INTERVAL_S
+    upstream.fail = UpstreamUnavailable("down", retry_after=45)
+    stale = await cache.get(force=True)
+    assert stale.outcome == "stale"
+    clock.now += 31
+    refused = await cache.get(force=True)
+    assert refused.force_refused_retry_after == 14
+    assert upstream.calls == 2
