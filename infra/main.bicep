@@ -33,34 +33,63 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('App ID URI of the broker\'s Entra application (the aud callers request). Empty: api://ilevel-token-broker-<environmentName>, the same default the preprovision hook uses.')
+@description('App ID URI of the broker\'s Entra application (the aud callers request), set by the preprovision hook. Empty: api://<tenantId>/ilevel-token-broker-<environmentName>, the hook\'s default, one of Entra\'s secure identifier-URI formats.')
 param brokerAppIdUri string = ''
 
 @description('Client (application) id of the broker\'s Entra application, set by the preprovision hook. Added to BROKER_AUDIENCE when known.')
 param brokerApiClientId string = ''
 
-@description('iLevel OAuth2 token endpoint.')
-param ilevelTokenUrl string = 'https://api.ilevelsolutions.com/v1/token'
+@description('The provider app settings (BROKER_PROVIDERS and each BROKER_<NAME>_*), base64 of a JSON object, written by the preprovision hook from the azd environment. Empty: iLevel alone, with its public token endpoint.')
+param brokerProviderSettings string = ''
 
-@description('Switch on App Service Authentication (authsettingsV2) as a second lock in front of the in-code token validation.')
+@description('Switch on App Service Authentication (authsettingsV2) as a second lock in front of the in-code token validation. false switches it off, also on an app where it was on.')
 param enableAppServiceAuth bool = false
 
 @description('Comma-separated client (application) ids of callers that App Service Authentication lets through (allowedApplications). Used only when enableAppServiceAuth is true.')
 param callerApplicationIds string = ''
 
-@description('Key Vault public network access. Flex Consumption without VNet integration reaches the vault over its public endpoint, so Disabled needs a private endpoint you add yourself.')
-@allowed([
-  'Enabled'
-  'Disabled'
-])
-param keyVaultPublicNetworkAccess string = 'Enabled'
+@description('Private networking: a VNet for the app\'s outbound traffic, private endpoints for Key Vault and storage, and public network access off on both. false keeps a public layout for trying the broker out; never for production credentials.')
+param vnetEnabled bool = true
+
+@description('Address space of the VNet (vnetEnabled); choose one that does not overlap networks you peer with.')
+param vnetAddressPrefix string = '10.0.0.0/16'
+
+@description('Subnet inside vnetAddressPrefix for the app\'s outbound traffic: one address per instance, so at least maximumInstanceCount + a few.')
+param appSubnetPrefix string = '10.0.1.0/24'
+
+@description('Subnet inside vnetAddressPrefix for the private endpoints.')
+param privateEndpointSubnetPrefix string = '10.0.2.0/24'
+
+@description('Comma-separated public IPv4 addresses of operators who put secrets into the vault (vnetEnabled). Each gets a firewall rule on the vault and on storage. Empty: no public access at all.')
+param operatorIpAddresses string = ''
+
+// The broker is async and I/O-bound: one instance answers hundreds of concurrent cached-token
+// requests, and in proxy mode holds many slow upstream calls open at once. Flex Consumption's Python
+// default is 1 concurrent request per instance, which starts a new instance (with its own token
+// fetch and Key Vault reads) for every extra concurrent caller. docs/operations.md has the trade-off.
+@minValue(1)
+@maxValue(1000)
+@description('HTTP requests one instance handles at once before Flex Consumption adds an instance.')
+param httpPerInstanceConcurrency int = 100
+
+// Each instance fetches its own provider token and reads Key Vault on its own, so this also caps
+// upstream token requests and Key Vault reads during a burst. 40 was Flex Consumption's lowest
+// allowed maximum when this was written (the platform rejects lower values where that still holds);
+// with 100 per instance it serves 4,000 concurrent requests.
+@minValue(1)
+@maxValue(1000)
+@description('Upper bound on Flex Consumption instances.')
+param maximumInstanceCount int = 40
 
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
 }
-var appIdUri = empty(brokerAppIdUri) ? 'api://ilevel-token-broker-${environmentName}' : brokerAppIdUri
+var appIdUri = empty(brokerAppIdUri) ? 'api://${tenant().tenantId}/ilevel-token-broker-${environmentName}' : brokerAppIdUri
+var operatorIps = empty(operatorIpAddresses) ? [] : split(replace(operatorIpAddresses, ' ', ''), ',')
+// With the network on and no operator address, storage is reached only through its private endpoints.
+var storagePublicNetworkAccess = vnetEnabled && empty(operatorIps) ? 'Disabled' : 'Enabled'
 var functionAppName = '${abbrs.webSitesFunctions}broker-${resourceToken}'
 var deploymentContainerName = 'app-package-broker'
 
@@ -105,12 +134,22 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
     tags: tags
     allowSharedKeyAccess: false
     allowBlobPublicAccess: false
+    // The module's defaults are the opposite of both.
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    supportsHttpsTrafficOnly: true
     minimumTlsVersion: 'TLS1_2'
     dnsEndpointType: 'Standard'
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: storagePublicNetworkAccess
     networkAcls: {
-      defaultAction: 'Allow'
-      bypass: 'AzureServices'
+      defaultAction: vnetEnabled ? 'Deny' : 'Allow'
+      bypass: vnetEnabled ? 'None' : 'AzureServices'
+      ipRules: [
+        for address in operatorIps: {
+          value: address
+          action: 'Allow'
+        }
+      ]
     }
     blobServices: {
       containers: [
@@ -141,8 +180,26 @@ module vault './app/keyvault.bicep' = {
     systemTopicName: '${abbrs.eventGridSystemTopics}kv-${resourceToken}'
     location: location
     tags: tags
-    publicNetworkAccess: keyVaultPublicNetworkAccess
+    privateNetwork: vnetEnabled
+    operatorIpAddresses: operatorIps
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
+module network './app/network.bicep' = if (vnetEnabled) {
+  name: 'network'
+  scope: rg
+  params: {
+    vnetName: '${abbrs.networkVirtualNetworks}${resourceToken}'
+    nsgName: '${abbrs.networkNetworkSecurityGroups}${resourceToken}'
+    privateEndpointPrefix: '${abbrs.networkPrivateEndpoints}${resourceToken}-'
+    location: location
+    tags: tags
+    addressPrefix: vnetAddressPrefix
+    appSubnetPrefix: appSubnetPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+    keyVaultId: vault.outputs.id
+    storageAccountId: storage.outputs.resourceId
   }
 }
 
@@ -162,7 +219,10 @@ module broker './app/broker.bicep' = {
     keyVaultUri: vault.outputs.uri
     appIdUri: appIdUri
     brokerApiClientId: brokerApiClientId
-    ilevelTokenUrl: ilevelTokenUrl
+    providerSettings: brokerProviderSettings
+    appSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    maximumInstanceCount: maximumInstanceCount
     enableAppServiceAuth: enableAppServiceAuth
     callerApplicationIds: callerApplicationIds
   }
@@ -194,3 +254,4 @@ output KEY_VAULT_NAME string = vault.outputs.name
 output KEY_VAULT_URL string = vault.outputs.uri
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = vault.outputs.systemTopicName
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output VNET_NAME string = vnetEnabled ? network.outputs.vnetName : ''

@@ -11,15 +11,23 @@ param applicationInsightsName string
 param keyVaultUri string
 param appIdUri string
 param brokerApiClientId string
-param ilevelTokenUrl string
 param enableAppServiceAuth bool
 param callerApplicationIds string
+
+@description('Provider app settings from the preprovision hook: base64 of a JSON object. Empty: the fallback below.')
+param providerSettings string
+
+@description('Resource id of the subnet delegated to Microsoft.App/environments; empty: no VNet integration.')
+param appSubnetId string
 
 @description('Flex Consumption instance size; the broker is I/O-bound, the smallest size is enough.')
 param instanceMemoryMB int = 2048
 
-@description('Upper bound on instances; each one fetches its own iLevel token, so keep it small.')
-param maximumInstanceCount int = 40
+@description('HTTP requests per instance before Flex Consumption scales out (main.bicep says why).')
+param httpPerInstanceConcurrency int
+
+@description('Upper bound on instances; each one fetches its own provider token and reads Key Vault.')
+param maximumInstanceCount int
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -45,11 +53,22 @@ var appSettings = {
   AZURE_CLIENT_ID: identityClientId
   BROKER_TENANT_ID: tenant().tenantId
   BROKER_AUDIENCE: audience
-  BROKER_PROVIDERS: 'ilevel'
-  BROKER_ILEVEL_TOKEN_URL: ilevelTokenUrl
-  BROKER_ILEVEL_ALLOWED_ROLES: 'Token.Read.ilevel'
 }
 // --- app settings: end ---
+
+// Provider settings (BROKER_PROVIDERS, BROKER_<NAME>_TOKEN_URL, BROKER_<NAME>_ALLOWED_ROLES, ...) come
+// from the azd environment through infra/hooks/entra_app.py, which also declares one app role per
+// provider. base64 because azd pastes values into main.parameters.json as text, and JSON's quotes
+// would break that file. The fallback, used when the hook has not run, must equal what the hook
+// writes for an empty environment (tests/infra/test_settings_crosscheck.py checks it).
+// --- provider settings fallback: begin ---
+var fallbackProviderSettings = {
+  BROKER_PROVIDERS: 'ilevel'
+  BROKER_ILEVEL_TOKEN_URL: 'https://api.ilevelsolutions.com/v1/token'
+  BROKER_ILEVEL_ALLOWED_ROLES: 'Token.Read.ilevel'
+}
+// --- provider settings fallback: end ---
+var brokerProviderSettings = empty(providerSettings) ? fallbackProviderSettings : json(base64ToString(providerSettings))
 
 var callerApps = empty(callerApplicationIds) ? [] : split(callerApplicationIds, ',')
 var audiences = empty(brokerApiClientId) ? [
@@ -96,6 +115,12 @@ var authSettings = {
   }
 }
 
+var authSettingsOff = {
+  platform: {
+    enabled: false
+  }
+}
+
 module app 'br/public:avm/res/web/site:0.15.1' = {
   name: 'broker-site'
   params: {
@@ -108,7 +133,10 @@ module app 'br/public:avm/res/web/site:0.15.1' = {
     serverFarmResourceId: planId
     httpsOnly: true
     clientAffinityEnabled: false
+    // Inbound stays public: callers (ADF, Logic Apps, APIM) authenticate with Entra ID tokens, and
+    // the broker validates each one. Outbound goes through the VNet when appSubnetId is set.
     publicNetworkAccess: 'Enabled'
+    virtualNetworkSubnetId: empty(appSubnetId) ? null : appSubnetId
     managedIdentities: {
       userAssignedResourceIds: [
         identityId
@@ -145,14 +173,21 @@ module app 'br/public:avm/res/web/site:0.15.1' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
         version: '3.11'
       }
     }
-    appSettingsKeyValuePairs: appSettings
-    authSettingV2Configuration: enableAppServiceAuth ? authSettings : {}
+    appSettingsKeyValuePairs: union(appSettings, brokerProviderSettings)
+    // The module skips an empty object, which would leave an earlier "on" in place: off is an
+    // explicit platform.enabled false.
+    authSettingV2Configuration: enableAppServiceAuth ? authSettings : authSettingsOff
   }
 }
 

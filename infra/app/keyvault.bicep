@@ -5,18 +5,25 @@ param systemTopicName string
 param location string
 param tags object
 
-@allowed([
-  'Enabled'
-  'Disabled'
-])
-param publicNetworkAccess string
+@description('True when the broker reaches the vault over a private endpoint (vnetEnabled): the firewall then denies everything else.')
+param privateNetwork bool
+
+@description('Public IPv4 addresses or CIDR ranges of operators who put secrets in. With privateNetwork, empty means public network access is off altogether.')
+param operatorIpAddresses array
 
 param logAnalyticsWorkspaceId string
 
+// Public network access is off when the network is private and no operator address is listed. With
+// operator addresses it is on, but the firewall admits those addresses only (Key Vault ignores IP
+// rules while public network access is Disabled). Without the network (vnetEnabled=false) Flex
+// Consumption reaches the vault from shared outbound addresses, so the firewall must allow all.
+var publicNetworkAccess = privateNetwork && empty(operatorIpAddresses) ? 'Disabled' : 'Enabled'
+
 // Hand-written rather than AVM: this is the resource whose settings matter most (RBAC mode, soft
-// delete, purge protection), and checkov can only check what it can read; it cannot open registry modules.
+// delete, purge protection, network access), and checkov can only check what it can read; it cannot open registry modules.
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration reaches the vault from shared outbound IPs that are not a trusted service, so the firewall default must be Allow; access is by Entra RBAC only, and publicNetworkAccess can be set to Disabled when you add a private endpoint
+  // checkov:skip=CKV_AZURE_109: defaultAction is the expression privateNetwork ? 'Deny' : 'Allow', which checkov cannot evaluate and fails; it is Deny with vnetEnabled (the default), and tests/infra/test_bicep_policy.py asserts the expression
+  // checkov:skip=CKV_AZURE_189: publicNetworkAccess comes from a variable, on which this check crashes (it expects a string); it is Disabled with vnetEnabled and no operator address, and tests/infra/test_bicep_policy.py asserts the expression
   name: name
   location: location
   tags: tags
@@ -32,8 +39,15 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enablePurgeProtection: true
     publicNetworkAccess: publicNetworkAccess
     networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      // Nothing the broker needs is a trusted-service bypass: Event Grid events and diagnostic logs
+      // are not data-plane access.
+      bypass: privateNetwork ? 'None' : 'AzureServices'
+      defaultAction: privateNetwork ? 'Deny' : 'Allow'
+      ipRules: [
+        for address in operatorIpAddresses: {
+          value: address
+        }
+      ]
     }
   }
 }
@@ -65,5 +79,6 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
 }
 
 output name string = vault.name
+output id string = vault.id
 output uri string = vault.properties.vaultUri
 output systemTopicName string = systemTopic.name

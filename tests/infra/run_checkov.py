@@ -7,12 +7,14 @@ script reads the JSON report and fails (exit 1) on:
 - any failed check;
 - any parsing error;
 - a skipped check whose inline ``// checkov:skip=ID: reason`` suppression gives no reason;
-- a report with no Bicep resources or no checks at all (checkov parsed nothing).
+- a report with no Bicep resources or no checks at all (checkov parsed nothing);
+- a check that crashed (checkov logs "Failed to run check" and counts it as neither passed nor failed).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 # What checkov 3.x puts in suppress_comment when `// checkov:skip=ID` has no reason after it.
 CHECKOV_NO_REASON = "No comment provided"
+# What checkov logs (on stderr) when a check raised instead of returning a result.
+CHECK_CRASHED = re.compile(r"Failed to run check (\S+) on (\S+)")
 
 
 def run_checkov(checkov: str) -> tuple[int, str, str]:
@@ -85,6 +89,20 @@ def evaluate(reports: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return problems, lines
 
 
+def skipped(reports: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(check id, resource) of every skipped check: checkov still runs a skipped check, and may crash on it."""
+    return {
+        (check["check_id"], str(check.get("resource")))
+        for report in reports
+        for check in (report.get("results", {}).get("skipped_checks", []) or [])
+    }
+
+
+def crashed(stderr: str) -> list[tuple[str, str]]:
+    """(check id, where) for every check checkov could not run."""
+    return CHECK_CRASHED.findall(stderr)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: run_checkov.py <path-to-checkov>", file=sys.stderr)
@@ -97,6 +115,12 @@ def main(argv: list[str]) -> int:
         print(stderr[-4000:], file=sys.stderr)
         return 1
     problems, lines = evaluate(reports)
+    skips = skipped(reports)
+    problems += [
+        f"check {check} crashed on {where}: it was neither passed nor failed"
+        for check, where in crashed(stderr)
+        if (check, where.rsplit(":", 1)[-1]) not in skips
+    ]
     print("\n".join(lines))
     if problems:
         print("infra-check FAILED:", file=sys.stderr)

@@ -1,0 +1,180 @@
+// Private networking (vnetEnabled=true): the broker reaches Key Vault and its host storage over
+// private endpoints, and both turn public network access off.
+//
+//   snet-app               delegated to Microsoft.App/environments: the Function App's outbound
+//                          traffic (virtualNetworkSubnetId on the site). Flex Consumption takes one
+//                          address per instance, so size it for maximumInstanceCount.
+//   snet-private-endpoints one private endpoint each for the vault and the blob and table services
+//                          the Functions host uses (keys, leases, the deployment package; diagnostic
+//                          events). The host uses no queues or file shares on Flex Consumption.
+//
+// Each endpoint gets a private DNS zone linked to the VNet, so the usual names
+// (kv-x.vault.azure.net, stx.blob.core.windows.net) resolve to private addresses inside it.
+// Inbound to the Function App stays public and Entra-authenticated (docs/deploy.md explains how an
+// ADF managed virtual network can reach it privately instead).
+//
+// Hand-written rather than AVM modules: these are the resources a security review reads first, and
+// checkov can only check what it can read; it cannot open registry modules.
+param vnetName string
+param nsgName string
+param privateEndpointPrefix string
+param location string
+param tags object
+
+@description('Address space of the VNet; pick a range that does not overlap networks you peer with.')
+param addressPrefix string
+
+@description('Subnet for the app\'s outbound traffic. Flex Consumption takes one address per instance: a /24 leaves room for 250.')
+param appSubnetPrefix string
+
+@description('Subnet for the private endpoints (three addresses used).')
+param privateEndpointSubnetPrefix string
+
+param keyVaultId string
+param storageAccountId string
+
+var appSubnetName = 'snet-app'
+var privateEndpointSubnetName = 'snet-private-endpoints'
+
+// One row per private endpoint: the target resource, its sub-resource (groupId) and the zone that
+// resolves it. The vault zone has the same name in every public-cloud region.
+var endpoints = [
+  {
+    key: 'vault'
+    groupId: 'vault'
+    target: keyVaultId
+    zone: 'privatelink.vaultcore.azure.net'
+  }
+  {
+    key: 'blob'
+    groupId: 'blob'
+    target: storageAccountId
+    zone: 'privatelink.blob.${environment().suffixes.storage}'
+  }
+  {
+    key: 'table'
+    groupId: 'table'
+    target: storageAccountId
+    zone: 'privatelink.table.${environment().suffixes.storage}'
+  }
+]
+
+// No custom rules: the defaults allow traffic inside the VNet and outbound, and deny inbound from
+// the internet. Attached so that a rule a security team adds later has a place to go.
+resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
+  name: nsgName
+  location: location
+  tags: tags
+  properties: {
+    securityRules: []
+  }
+}
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
+  name: vnetName
+  location: location
+  tags: tags
+  properties: {
+    addressSpace: {
+      addressPrefixes: [
+        addressPrefix
+      ]
+    }
+    subnets: [
+      {
+        name: appSubnetName
+        properties: {
+          addressPrefix: appSubnetPrefix
+          networkSecurityGroup: {
+            id: nsg.id
+          }
+          delegations: [
+            {
+              name: 'flex-consumption'
+              properties: {
+                serviceName: 'Microsoft.App/environments'
+              }
+            }
+          ]
+        }
+      }
+      {
+        name: privateEndpointSubnetName
+        properties: {
+          addressPrefix: privateEndpointSubnetPrefix
+          networkSecurityGroup: {
+            id: nsg.id
+          }
+          privateEndpointNetworkPolicies: 'Disabled'
+        }
+      }
+    ]
+  }
+}
+
+resource zones 'Microsoft.Network/privateDnsZones@2020-06-01' = [
+  for endpoint in endpoints: {
+    name: endpoint.zone
+    location: 'global'
+    tags: tags
+  }
+]
+
+resource zoneLinks 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2020-06-01' = [
+  for (endpoint, i) in endpoints: {
+    parent: zones[i]
+    name: vnet.name
+    location: 'global'
+    tags: tags
+    properties: {
+      registrationEnabled: false
+      virtualNetwork: {
+        id: vnet.id
+      }
+    }
+  }
+]
+
+resource privateEndpoints 'Microsoft.Network/privateEndpoints@2024-05-01' = [
+  for endpoint in endpoints: {
+    name: '${privateEndpointPrefix}${endpoint.key}'
+    location: location
+    tags: tags
+    properties: {
+      subnet: {
+        id: vnet.properties.subnets[1].id // snet-private-endpoints
+      }
+      privateLinkServiceConnections: [
+        {
+          name: endpoint.key
+          properties: {
+            privateLinkServiceId: endpoint.target
+            groupIds: [
+              endpoint.groupId
+            ]
+          }
+        }
+      ]
+    }
+  }
+]
+
+resource zoneGroups 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-05-01' = [
+  for (endpoint, i) in endpoints: {
+    parent: privateEndpoints[i]
+    name: 'default'
+    properties: {
+      privateDnsZoneConfigs: [
+        {
+          name: endpoint.key
+          properties: {
+            privateDnsZoneId: zones[i].id
+          }
+        }
+      ]
+    }
+  }
+]
+
+output appSubnetId string = vnet.properties.subnets[0].id // snet-app
+output vnetName string = vnet.name
