@@ -117,6 +117,19 @@ class TokenCache:
                 return Served(token, "hit")
         return await self._fetch_now(token)
 
+    async def renew(self, rejected: Token) -> Served:
+        """A token to retry with after the upstream rejected ``rejected`` (proxy mode's 401).
+
+        A newer cached token is used as it is; a fetch in flight is joined; otherwise this is a
+        forced refresh, which keeps its once-per-30 s limit (when limited, ``rejected`` may come back).
+        """
+        current = self._token
+        if current is not None and current != rejected and current.usable(self._clock()):
+            return Served(current, "hit")
+        if self.fetching:
+            return await self._fetch_now(current)
+        return await self.get(min_validity=0, force=True)
+
     def _held_error(self, now: float) -> BrokerError | None:
         if self._held is None:
             return None

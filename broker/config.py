@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 BasicEncoding = Literal["raw", "form"]
+# token: /api/token only (the default); proxy: /api/proxy only, the token never leaves; both.
+Mode = Literal["token", "proxy", "both"]
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9-]{1,32}$")
 # A tenant is a GUID or a verified domain such as contoso.onmicrosoft.com.
@@ -30,6 +32,16 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_PROVIDERS = "ilevel"
 # Seen in two public iLevel client codebases (shared/DOMAIN.md); iLevel's own docs need a login.
 DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
+# The data API root, seen in the same public client code (shared/DOMAIN.md).
+DEFAULT_API_BASE_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/"}
+# Proxy mode. Azure's front end cuts an HTTP request at 230 s, so an upstream call may take
+# at most 220 s, leaving room to answer with a 504 of our own.
+DEFAULT_PROXY_TIMEOUT_S = 120.0
+MAX_PROXY_TIMEOUT_S = 220.0
+DEFAULT_PROXY_MAX_RESPONSE_MB = 100
+# Upstream requests in flight per provider per instance: an ADF ForEach with batch count 50
+# must not become 50 parallel calls against iLevel's rate limits.
+DEFAULT_PROXY_CONCURRENCY = 8
 # ADF's Web activity times out after 60 s by default; a whole token request,
 # retries included, must finish well inside it, leaving room for Key Vault reads.
 DEFAULT_TOKEN_BUDGET_S = 25.0
@@ -45,6 +57,8 @@ GLOBAL_SETTINGS: tuple[str, ...] = (
     "BROKER_TOKEN_BUDGET_SECONDS",
     "BROKER_INSECURE_DISABLE_CALLER_AUTH",
     "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
+    "BROKER_PROXY_TIMEOUT_SECONDS",
+    "BROKER_PROXY_MAX_RESPONSE_MB",
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -66,6 +80,9 @@ PROVIDER_SETTING_SUFFIXES: tuple[str, ...] = (
     "RESOURCE",
     "ALLOWED_CALLERS",
     "ALLOWED_ROLES",
+    "API_BASE_URL",
+    "MODE",
+    "PROXY_CONCURRENCY",
 )
 # Without KEY_VAULT_URL, secret "ilevel-client-id" is read from BROKER_SECRET_ILEVEL_CLIENT_ID.
 LOCAL_SECRET_PREFIX = "BROKER_SECRET_"
@@ -108,6 +125,19 @@ class ProviderConfig:
     extra_params: tuple[tuple[str, str], ...] = ()
     allowed_callers: frozenset[str] = frozenset()
     allowed_roles: frozenset[str] = frozenset()
+    # Proxy mode: the upstream API root (ends with "/"), which routes are open, and how
+    # many upstream requests may be in flight at once.
+    api_base_url: str = ""
+    mode: Mode = "token"
+    proxy_concurrency: int = DEFAULT_PROXY_CONCURRENCY
+
+    @property
+    def token_route_enabled(self) -> bool:
+        return self.mode in ("token", "both")
+
+    @property
+    def proxy_enabled(self) -> bool:
+        return self.mode in ("proxy", "both")
 
     @property
     def serves_nobody(self) -> bool:
@@ -133,6 +163,8 @@ class Settings:
     # False only for a local Key Vault emulator whose host is not *.vault.azure.net.
     key_vault_verify_challenge: bool = True
     running_in_azure: bool = False
+    proxy_timeout_s: float = DEFAULT_PROXY_TIMEOUT_S
+    proxy_max_response_bytes: int = DEFAULT_PROXY_MAX_RESPONSE_MB * 1024 * 1024
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -191,6 +223,18 @@ def _provider(env: Mapping[str, str], name: str) -> ProviderConfig:
         secret_names[suffix] = secret
 
     extras = tuple((key.lower(), get(key)) for key in ("SCOPE", "AUDIENCE", "RESOURCE") if get(key))
+
+    mode = get("MODE").lower() or "token"
+    if mode not in ("token", "proxy", "both"):
+        raise ConfigError(prefix + "MODE", f"must be token, proxy or both, got {mode!r}")
+    api_base_url = get("API_BASE_URL") or DEFAULT_API_BASE_URLS.get(name, "")
+    if not api_base_url and mode != "token":
+        raise ConfigError(
+            prefix + "API_BASE_URL", f"is required for provider {name!r} in {mode} mode (the upstream API root URL)"
+        )
+    if api_base_url:
+        api_base_url = _api_base_url(prefix + "API_BASE_URL", api_base_url)
+    concurrency = _integer(env, prefix + "PROXY_CONCURRENCY", DEFAULT_PROXY_CONCURRENCY, low=1, high=1000)
     return ProviderConfig(
         name=name,
         token_url=token_url,
@@ -201,7 +245,30 @@ def _provider(env: Mapping[str, str], name: str) -> ProviderConfig:
         extra_params=extras,
         allowed_callers=frozenset(_split(get("ALLOWED_CALLERS"))),
         allowed_roles=frozenset(_split(get("ALLOWED_ROLES"))),
+        api_base_url=api_base_url,
+        mode=mode,  # type: ignore[arg-type]
+        proxy_concurrency=concurrency,
     )
+
+
+def _api_base_url(name: str, value: str) -> str:
+    """An http(s) root with no query, fragment or credentials, normalised to end with "/"."""
+    value = _url(name, value, allow_loopback_http=True)
+    parts = urlsplit(value)
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ConfigError(name, f"must not carry a query or fragment, got {value!r}")
+    if parts.username is not None or "@" in parts.netloc:
+        raise ConfigError(name, "must not carry credentials (user@host)")
+    return value if value.endswith("/") else value + "/"
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
+        raise ConfigError(name, f"must be a whole number from {low} to {high}, got {text!r}")
+    return int(text)
 
 
 def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]:
@@ -274,6 +341,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     if not 1 <= budget <= 50:
         raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", "must be between 1 and 50 (ADF's Web activity waits 60 s)")
 
+    timeout_text = env.get("BROKER_PROXY_TIMEOUT_SECONDS", "").strip()
+    try:
+        proxy_timeout = float(timeout_text) if timeout_text else DEFAULT_PROXY_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(
+            "BROKER_PROXY_TIMEOUT_SECONDS", f"must be a number of seconds, got {timeout_text!r}"
+        ) from None
+    if not 1 <= proxy_timeout <= MAX_PROXY_TIMEOUT_S:
+        raise ConfigError(
+            "BROKER_PROXY_TIMEOUT_SECONDS", "must be between 1 and 220 (Azure's front end cuts requests at 230 s)"
+        )
+    max_response_mb = _integer(env, "BROKER_PROXY_MAX_RESPONSE_MB", DEFAULT_PROXY_MAX_RESPONSE_MB, low=1, high=1024)
+
     for provider in providers.values():
         if provider.serves_nobody and not auth_disabled:
             warnings.append(
@@ -294,6 +374,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         caller_auth_disabled=auth_disabled,
         key_vault_verify_challenge=verify_challenge,
         running_in_azure=running_in_azure,
+        proxy_timeout_s=proxy_timeout,
+        proxy_max_response_bytes=max_response_mb * 1024 * 1024,
         warnings=tuple(warnings),
     )
 

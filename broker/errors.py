@@ -12,7 +12,9 @@ value: only names, versions and upstream error codes.
     │   ├── HeadersTooLarge              431 invalid_request
     │   ├── InvalidCallerToken           401 invalid_token (+ WWW-Authenticate)
     │   ├── InsufficientScope            403 insufficient_scope
-    │   └── NotFound                     404 unknown_provider / not_found
+    │   ├── TokenRouteDisabled           403 token_route_disabled: the provider is in proxy mode
+    │   ├── NotFound                     404 unknown_provider / not_found / proxy_disabled
+    │   └── PayloadTooLarge              413 payload_too_large: a proxied body over 1 MiB
     ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
     └── UpstreamError                    a dependency failed
         ├── SecretError                  Key Vault / local secrets
@@ -23,6 +25,7 @@ value: only names, versions and upstream error codes.
         │   └── SecretStoreUnavailable   503 key_vault_unavailable (+ Retry-After)
         ├── TokenRejected                502 <the upstream's OAuth error code, e.g. invalid_client>
         ├── InvalidTokenResponse         502 invalid_response
+        ├── InvalidUpstreamResponse      502 invalid_response: a proxied answer the broker will not pass on
         ├── UpstreamUnavailable          503 upstream_unavailable (+ Retry-After)
         └── UpstreamTimeout              504 upstream_timeout
 """
@@ -87,6 +90,16 @@ class InvalidCallerToken(CallerError):
 class InsufficientScope(CallerError):
     status = 403
     code = "insufficient_scope"
+
+
+class TokenRouteDisabled(CallerError):
+    status = 403
+    code = "token_route_disabled"
+
+
+class PayloadTooLarge(CallerError):
+    status = 413
+    code = "payload_too_large"
 
 
 class NotFound(CallerError):
@@ -157,6 +170,12 @@ class TokenRejected(UpstreamError):
 
 
 class InvalidTokenResponse(UpstreamError):
+    code = "invalid_response"
+
+
+class InvalidUpstreamResponse(UpstreamError):
+    """Proxy mode: the upstream API's answer is over the size cap or redirects outside the API root."""
+
     code = "invalid_response"
 
 

@@ -1,0 +1,226 @@
+"""STAND-IN for local development and tests; never used in production.
+
+An iLevel-shaped data API under ``/v1/``: it accepts only bearer tokens that the stand-in
+token server (``oauth.TokenServer``) issued, and answers an expired, revoked or foreign
+token with 401. It serves what proxy mode must carry:
+
+- ``GET /v1/entities/assets?page[size]=N&page[number]=M``: a JSON:API collection
+  (``application/vnd.api+json``) with absolute ``links.next`` until the last page;
+- ``GET /v1/exports/assets.csv``: a CSV download (with a BOM and CRLF line ends, so a
+  byte-for-byte check means something);
+- ``GET /v1/slow?seconds=S``: answers after ``S`` seconds;
+- ``GET /v1/large?bytes=N``: ``N`` bytes of ``application/octet-stream``, streamed;
+- ``GET|POST /v1/echo``: what arrived (method, headers, body size), as JSON;
+- ``GET /v1/cookie``: sets a cookie; ``GET /v1/redirect?to=URL``: a 302 to ``URL``.
+
+Every request is recorded; scripted faults answer the next authenticated requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import jwt
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from broker.standin.faults import FaultScript, Reply, Scriptable
+from broker.standin.oauth import TokenServer
+
+API_ROOT = "/v1/"
+ASSETS = 23
+DEFAULT_PAGE_SIZE = 10
+_CHUNK = 64 * 1024
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One request as the data API saw it. Headers are kept out of ``repr`` (they hold the token)."""
+
+    method: str
+    raw_path: str
+    query: str
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    status: int
+
+
+def asset(number: int) -> dict[str, object]:
+    return {"id": f"A{number:04d}", "type": "assets", "attributes": {"name": f"Asset {number}", "number": number}}
+
+
+def assets_csv() -> bytes:
+    rows = ["\ufeffId,Name,Number"] + [f"A{n:04d},Asset {n},{n}" for n in range(1, ASSETS + 1)]
+    return ("\r\n".join(rows) + "\r\n").encode("utf-8")
+
+
+class DataApi(Scriptable):
+    """ASGI app: the iLevel-shaped data API, trusting one stand-in token server."""
+
+    def __init__(self, tokens: TokenServer, *, assets: int = ASSETS) -> None:
+        self.tokens = tokens
+        self.assets = assets
+        # Set once the server runs (as the API's own absolute URL, like https://api.ilevelsolutions.com).
+        self.public_url: str | None = None
+        self.requests: list[ApiRequest] = []
+        self.faults = FaultScript()
+        self._revoked: set[str] = set()
+        self._lock = threading.Lock()
+        self._app = Starlette(routes=[Route("/v1/{path:path}", self._endpoint, methods=_ANY_METHOD)])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    # --- test API -------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """The API root, e.g. ``http://127.0.0.1:54321/v1/``: what BROKER_<NAME>_API_BASE_URL points at."""
+        if self.public_url is None:
+            raise RuntimeError("DataApi.public_url is set once the server runs")
+        return self.public_url + API_ROOT
+
+    def revoke(self, token: str) -> None:
+        """Reject this token from now on, as iLevel would after revoking a credential."""
+        with self._lock:
+            self._revoked.add(token)
+
+    def revoke_issued(self) -> None:
+        """Revoke every token the token server has issued so far."""
+        with self._lock:
+            self._revoked.update(self.tokens.issued_tokens)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._revoked.clear()
+        self.faults.clear()
+
+    @property
+    def authorized_requests(self) -> list[ApiRequest]:
+        return [r for r in self.requests if r.status != 401]
+
+    # --- HTTP -----------------------------------------------------------------------------
+    async def _endpoint(self, request: Request) -> Response:
+        body = await request.body()
+        response = await self._answer(request, body)
+        raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        entry = ApiRequest(
+            request.method,
+            raw_path,
+            request.scope.get("query_string", b"").decode("latin-1"),
+            {k.lower(): v for k, v in request.headers.items()},
+            body,
+            response.status_code,
+        )
+        with self._lock:
+            self.requests.append(entry)
+        return response
+
+    def _authenticated(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        with self._lock:
+            if token in self._revoked:
+                return False
+        try:
+            self.tokens.decode(token)  # signature, issuer and expiry
+        except jwt.InvalidTokenError:
+            return False
+        return True
+
+    async def _answer(self, request: Request, body: bytes) -> Response:
+        if not self._authenticated(request):
+            return JSONResponse(
+                {"errors": [{"status": "401", "title": "Unauthorized", "detail": "invalid or expired token"}]},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        scripted = self.faults.next_reply()
+        if scripted is not None:
+            return await scripted.respond()
+        path = request.path_params["path"]
+        params = request.query_params
+        if path == "entities/assets" and request.method in ("GET", "HEAD"):
+            return self._assets(request)
+        if path == "exports/assets.csv":
+            return Response(
+                assets_csv(),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="assets.csv"', "ETag": '"assets-v1"'},
+            )
+        if path == "slow":
+            await asyncio.sleep(float(params.get("seconds", "1")))
+            return JSONResponse({"slow": True})
+        if path == "large":
+            size = int(params.get("bytes", str(1024 * 1024)))
+            return StreamingResponse(
+                _pattern(size),
+                media_type="application/octet-stream",
+                headers={"Content-Length": str(size)} if params.get("length", "1") == "1" else {},
+            )
+        if path == "echo":
+            return JSONResponse(
+                {
+                    "method": request.method,
+                    "headers": sorted(k.lower() for k in request.headers),
+                    "body_bytes": len(body),
+                    "content_type": request.headers.get("content-type"),
+                }
+            )
+        if path == "cookie":
+            return JSONResponse(
+                {"cookie": request.headers.get("cookie")},
+                headers={"Set-Cookie": "session=standin-session; Path=/"},
+            )
+        if path == "redirect":
+            return Response(status_code=302, headers={"Location": params.get("to", "/v1/entities/assets")})
+        return JSONResponse({"errors": [{"status": "404", "title": "Not Found"}]}, status_code=404)
+
+    def _assets(self, request: Request) -> Response:
+        params = request.query_params
+        size = max(1, min(int(params.get("page[size]", DEFAULT_PAGE_SIZE)), 500))
+        number = max(1, int(params.get("page[number]", "1")))
+        first = (number - 1) * size + 1
+        last = min(first + size - 1, self.assets)
+        own = self.public_url or str(request.base_url).rstrip("/")
+        collection = f"{own}/v1/entities/assets"
+
+        def page(n: int) -> str:
+            return f"{collection}?{quote('page[size]')}={size}&{quote('page[number]')}={n}"
+
+        links: dict[str, str] = {"self": page(number), "first": page(1)}
+        if last < self.assets:
+            links["next"] = page(number + 1)
+        document = {
+            "data": [asset(n) for n in range(first, last + 1)],
+            "links": links,
+            "meta": {"total": self.assets},
+        }
+        headers = {"Link": f'<{links["next"]}>; rel="next"'} if "next" in links else {}
+        return JSONResponse(document, media_type="application/vnd.api+json", headers=headers)
+
+
+async def _pattern(size: int) -> AsyncIterator[bytes]:
+    block = bytes(range(256)) * (_CHUNK // 256)
+    sent = 0
+    while sent < size:
+        piece = block[: min(_CHUNK, size - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def pattern_bytes(size: int) -> bytes:
+    """What ``/v1/large?bytes=size`` sends, for byte-for-byte checks."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+__all__ = ["API_ROOT", "ApiRequest", "DataApi", "Reply", "asset", "assets_csv", "pattern_bytes"]
