@@ -55,23 +55,43 @@ def _serve(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from broker.check import run_check
 
-    settings = load_settings(os.environ)
+    # check authenticates no caller: BROKER_TENANT_ID and BROKER_AUDIENCE may be absent.
+    settings = load_settings(os.environ, check_only=True)
     report = asyncio.run(run_check(settings, args.provider))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
-    return 0 if report.ok else 1
+    return report.exit_code
+
+
+def _fingerprint() -> int:
+    """The 8-hex SHA-256 fingerprint check prints, of a value typed at a prompt (never argv or shell history)."""
+    import getpass
+
+    from broker.tokens import fingerprint
+
+    value = getpass.getpass("value (not echoed): ")
+    print(f"sha256 {fingerprint(value.strip())} ({len(value.strip())} chars, surrounding whitespace ignored)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m broker", description="iLevel token broker")
-    parser.add_argument("--settings", type=Path, help="a local.settings.json whose Values fill the environment")
+    settings_help = "a local.settings.json whose Values fill the environment"
+    parser.add_argument("--settings", type=Path, help=settings_help)
+    # --settings is accepted after the subcommand too; SUPPRESS keeps a subcommand without it from
+    # overwriting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--settings", type=Path, default=argparse.SUPPRESS, help=settings_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the broker's HTTP API under uvicorn")
+    serve = commands.add_parser("serve", parents=[common], help="serve the broker's HTTP API under uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7071)
-    check = commands.add_parser("check", help="diagnose a provider's credentials and token endpoint")
+    check = commands.add_parser("check", parents=[common], help="diagnose a provider's credentials and token endpoint")
     check.add_argument("provider", nargs="?", default=None)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    commands.add_parser("fingerprint", help="print the fingerprint check shows, of a value typed at a prompt")
     args = parser.parse_args(argv)
+    if args.command == "fingerprint":
+        return _fingerprint()
 
     # The Logging HOWTO's optimisations: one access line per request is on the hot path, and
     # none of these record fields is in LOG_FORMAT.

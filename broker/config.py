@@ -27,6 +27,11 @@ Mode = Literal["token", "proxy", "both"]
 PROVIDER_NAME = re.compile(r"^[a-z0-9-]{1,32}$")
 # A tenant is a GUID or a verified domain such as contoso.onmicrosoft.com.
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
+# Entra's aliases for "any tenant": valid in an authority URL, never as the one tenant we trust.
+MULTI_TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
+# The values local.settings.example.json ships with, refused so they fail at start, not as a 503.
+PLACEHOLDER_VAULT = "kv-your-vault"
+PLACEHOLDER_TENANT = "00000000-0000-0000-0000-000000000000"
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 DEFAULT_PROVIDERS = "ilevel"
@@ -280,8 +285,12 @@ def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]
     )
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
-    """Build and validate :class:`Settings`; raise :class:`ConfigError` naming the bad setting."""
+def load_settings(env: Mapping[str, str], *, check_only: bool = False) -> Settings:
+    """Build and validate :class:`Settings`; raise :class:`ConfigError` naming the bad setting.
+
+    ``check_only``: for ``python -m broker check``, which authenticates no caller and so needs
+    neither BROKER_TENANT_ID nor BROKER_AUDIENCE (they are still validated when set).
+    """
     warnings: list[str] = []
     names = _split(env.get("BROKER_PROVIDERS", DEFAULT_PROVIDERS))
     if not names:
@@ -313,6 +322,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     vault = env.get("KEY_VAULT_URL", "").strip() or None
     if vault is not None:
         vault = _url("KEY_VAULT_URL", vault, allow_loopback_http=False)
+        if PLACEHOLDER_VAULT in vault.lower():
+            raise ConfigError(
+                "KEY_VAULT_URL",
+                "still holds the placeholder from local.settings.example.json (kv-YOUR-VAULT): put your vault's "
+                "URI there (after azd up: azd env get-value KEY_VAULT_URL), or remove the setting to read "
+                f"secrets from {LOCAL_SECRET_PREFIX}* environment variables",
+            )
     elif running_in_azure:
         raise ConfigError("KEY_VAULT_URL", "is required when running in Azure (secrets are read from Key Vault)")
 
@@ -323,7 +339,20 @@ def load_settings(env: Mapping[str, str]) -> Settings:
 
     tenant = env.get("BROKER_TENANT_ID", "").strip()
     audiences = frozenset(_split(env.get("BROKER_AUDIENCE")))
-    if not auth_disabled:
+    if tenant == PLACEHOLDER_TENANT:
+        raise ConfigError(
+            "BROKER_TENANT_ID",
+            "still holds the all-zero placeholder from local.settings.example.json: put your Entra tenant id "
+            "there (az account show --query tenantId -o tsv)",
+        )
+    if tenant.lower() in MULTI_TENANT_ALIASES:
+        raise ConfigError(
+            "BROKER_TENANT_ID",
+            f"is {tenant!r}, which names no tenant: a single tenant is required, because callers' tokens are "
+            "checked against that tenant's issuer and keys. Put your Entra tenant id there "
+            "(az account show --query tenantId -o tsv)",
+        )
+    if not auth_disabled and not check_only:
         if not tenant:
             raise ConfigError("BROKER_TENANT_ID", "is required: the Entra tenant id whose callers are accepted")
         if not audiences:

@@ -238,13 +238,12 @@ class TokenEndpoint:
         status = response.status_code
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-            raise _Retryable(
-                UpstreamUnavailable(
-                    f"The token endpoint {self._host} answered {status}; retry later.",
-                    retry_after=retry_after or UNAVAILABLE_RETRY_AFTER_S,
-                ),
-                retry_after,
+            unavailable = UpstreamUnavailable(
+                f"The token endpoint {self._host} answered {status}; retry later.",
+                retry_after=retry_after or UNAVAILABLE_RETRY_AFTER_S,
             )
+            unavailable.upstream_status = status
+            raise _Retryable(unavailable, retry_after)
         payload = _json_object(body)
         if status != 200 or (payload is not None and "error" in payload):
             raise self._rejection(status, payload, credentials)

@@ -182,6 +182,8 @@ class InvalidUpstreamResponse(UpstreamError):
 class UpstreamUnavailable(UpstreamError):
     status = 503
     code = "upstream_unavailable"
+    # The HTTP status the dependency answered (429, 5xx); None when it could not be reached at all.
+    upstream_status: int | None = None
 
 
 class UpstreamTimeout(UpstreamError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -30,14 +29,14 @@ def every_form(client_id: str, client_secret: str) -> set[str]:
 
 
 @pytest.fixture(params=["client_secret_basic", "client_secret_post"])
-def echoing(request: pytest.FixtureRequest, stack: Stack) -> Iterator[Stack]:
+def echoing(request: pytest.FixtureRequest, stack: Stack) -> Stack:
     """The token endpoint echoes the Authorization header and the form body into error_description."""
     # A secret with characters that form- and percent-encoding change, so every form differs.
     stack.client_secret = stack.rotate_secret(secrets.token_urlsafe(18) + "+/=%&:", accept=False)
     stack.env["BROKER_ILEVEL_AUTH_METHOD"] = request.param
     stack.tokens.variants = {"basic_raw", "post"}
     stack.tokens.echo_request = True
-    yield stack
+    return stack
 
 
 async def test_an_upstream_echo_of_the_credentials_is_scrubbed_in_every_form(echoing: Stack, api: Api) -> None:
