@@ -1,123 +1,367 @@
-"""azd preprovision hook: the broker's Entra application, its app roles, and role grants to callers.
+"""azd preprovision hook: the broker's Entra application, its app roles, role grants to callers,
+and the provider app settings.
 
-Idempotent; safe to run on every `azd provision`. Needs the az CLI signed in to the target
-tenant (`az login`) as someone allowed to create app registrations (Application Developer
-or equivalent) and to assign app roles on the app they own.
+Safe to run on every `azd provision`. Needs the Azure CLI signed in to the target tenant
+(`az login --tenant <id>`) as someone allowed to create app registrations (Application Developer,
+or members' default right where the tenant still allows it) and to assign roles of the app they own.
 
-What it does, from the azd environment (`azd env get-values`):
-1. Finds or creates the app registration whose App ID URI is BROKER_APP_ID_URI
-   (default ``api://ilevel-token-broker-<AZURE_ENV_NAME>``, the same default infra/main.bicep uses).
-2. Declares one application role per provider, ``Token.Read.<provider>``, keeping existing role ids.
-3. Creates its service principal and sets appRoleAssignmentRequired, so Entra refuses a token for
-   this audience to any caller that was not granted a role (the broker checks the role again).
-4. Grants ``Token.Read.ilevel`` to every object id in BROKER_CALLER_PRINCIPAL_IDS (comma-separated;
-   e.g. the data factory's managed identity).
-5. Stores BROKER_APP_ID_URI and BROKER_API_CLIENT_ID in the azd environment for the Bicep parameters.
+From the azd environment (azd passes `azd env get-values` to hooks as environment variables):
+1. Finds the app registration by a stable key: BROKER_API_CLIENT_ID (the appId, stored by the first
+   run), else the tag ``ilevel-token-broker/<subscription>/<env>``. Never by its URI: a URI the
+   tenant's policy refused would leave an app no later run could find. Creates it when neither finds one.
+2. Gives it the App ID URI BROKER_APP_ID_URI, default ``api://<tenantId>/ilevel-token-broker-<env>``,
+   one of Entra's secure identifier-URI formats. If the tenant refuses the default, ``api://<appId>``.
+3. Declares one application role per provider in BROKER_PROVIDERS, ``Token.Read.<provider>``. Roles
+   that exist stay exactly as they are (Graph refuses to change an enabled role); missing ones are
+   added; a role whose provider was removed is disabled, and deleted by a later run.
+4. Creates the service principal with appRoleAssignmentRequired, so Entra issues a token for this
+   audience only to callers granted a role.
+5. Grants every provider's role to the object ids in BROKER_CALLER_PRINCIPAL_IDS, and one provider's
+   role to those in BROKER_<NAME>_CALLER_PRINCIPAL_IDS (comma-separated; e.g. a factory's identity).
+6. Stores BROKER_API_CLIENT_ID, BROKER_APP_ID_URI and BROKER_PROVIDER_SETTINGS (the provider app
+   settings, base64 JSON) in the azd environment for this run's Bicep parameters (azd >= 1.21.0).
 
-Why a hook and not the Microsoft Graph Bicep extension: the extension's ``extension microsoftGraphV1``
-syntax is beyond the Bicep parser checkov uses here, so it would turn the policy check into a
-parsing error, and app-role assignments would still need a principal list resolved at deploy time.
+Why a hook and not the Microsoft Graph Bicep extension: its ``extension microsoftGraphV1`` syntax is
+beyond the Bicep parser checkov uses, so it would turn the policy check into a parsing error.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-GRAPH = "https://graph.microsoft.com/v1.0"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graph_client import Graph, GraphError, HookError, az_graph_token, http_send  # noqa: E402
+
+ROLE_PREFIX = "Token.Read."
+PROVIDER_NAME = re.compile(r"[a-z0-9-]{1,32}")
+DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
+# Per-provider settings (broker/config.py PROVIDER_SETTING_SUFFIXES) copied from the azd environment
+# into the app settings when set. ALLOWED_ROLES is ours: the role this hook declares.
+PASS_THROUGH_SUFFIXES = (
+    "TOKEN_URL",
+    "AUTH_METHOD",
+    "BASIC_ENCODING",
+    "CLIENT_ID_SECRET",
+    "CLIENT_SECRET_SECRET",
+    "SCOPE",
+    "AUDIENCE",
+    "RESOURCE",
+    "ALLOWED_CALLERS",
+    "API_BASE_URL",
+    "MODE",
+    "PROXY_CONCURRENCY",
+)
 
 
-def az(*args: str) -> Any:
-    """Run one az CLI command and return its JSON output (None when it prints nothing)."""
-    exe = shutil.which("az")
-    if exe is None:
-        raise SystemExit("entra-app: the az CLI is required; install it and run `az login`")
-    done = subprocess.run([exe, *args, "--output", "json"], capture_output=True, text=True, check=False)  # noqa: S603
-    if done.returncode != 0:
-        raise SystemExit(f"entra-app: `az {' '.join(args[:3])} ...` failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout) if done.stdout.strip() else None
+def env_name(provider: str) -> str:
+    """``my-api`` -> ``MY_API``, as broker/config.py spells per-provider settings."""
+    return provider.upper().replace("-", "_")
 
 
-def graph(method: str, path: str, body: object | None = None) -> Any:
-    """Call Microsoft Graph through `az rest` (it brings the signed-in user's token)."""
-    args = ["rest", "--method", method, "--url", f"{GRAPH}{path}"]
-    if body is not None:
-        args += ["--body", json.dumps(body)]
-    return az(*args)
+def _csv(value: str | None) -> list[str]:
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """What the hook needs, read once from the azd environment and checked before any Graph call."""
+
+    env_name: str
+    subscription_id: str
+    tenant_id: str
+    providers: tuple[str, ...]
+    app_id: str
+    app_id_uri: str
+    callers: Mapping[str, tuple[str, ...]]
+    provider_settings: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return f"ilevel-token-broker-{self.env_name}"
+
+    @property
+    def tag(self) -> str:
+        return f"ilevel-token-broker/{self.subscription_id or 'any'}/{self.env_name}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HookConfig:
+        name = env.get("AZURE_ENV_NAME", "").strip()
+        if not name:
+            raise HookError("AZURE_ENV_NAME is not set; run this through `azd provision` or `azd up`")
+        providers = tuple(dict.fromkeys(_csv(env.get("BROKER_PROVIDERS", "ilevel"))))
+        if not providers:
+            raise HookError("BROKER_PROVIDERS is empty; set it, e.g. `azd env set BROKER_PROVIDERS ilevel`")
+        bad = [p for p in providers if not PROVIDER_NAME.fullmatch(p)]
+        if bad:
+            raise HookError(f"BROKER_PROVIDERS lists {bad}: provider names are 1-32 characters of a-z, 0-9 and '-'")
+        shared = tuple(_csv(env.get("BROKER_CALLER_PRINCIPAL_IDS")))
+        callers = {
+            p: tuple(dict.fromkeys(shared + tuple(_csv(env.get(f"BROKER_{env_name(p)}_CALLER_PRINCIPAL_IDS")))))
+            for p in providers
+        }
+        return cls(
+            env_name=name,
+            subscription_id=env.get("AZURE_SUBSCRIPTION_ID", "").strip(),
+            tenant_id=env.get("AZURE_TENANT_ID", "").strip(),
+            providers=providers,
+            app_id=env.get("BROKER_API_CLIENT_ID", "").strip(),
+            app_id_uri=env.get("BROKER_APP_ID_URI", "").strip(),
+            callers=callers,
+            provider_settings=provider_settings(providers, env),
+        )
+
+
+def provider_settings(providers: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:
+    """The app settings that depend on the providers: BROKER_PROVIDERS and each BROKER_<NAME>_*."""
+    settings = {"BROKER_PROVIDERS": ",".join(providers)}
+    for provider in providers:
+        prefix = f"BROKER_{env_name(provider)}_"
+        token_url = env.get(f"{prefix}TOKEN_URL", "").strip() or DEFAULT_TOKEN_URLS.get(provider, "")
+        if not token_url:
+            raise HookError(
+                f"provider {provider!r} has no token endpoint: set it with `azd env set {prefix}TOKEN_URL https://...`"
+            )
+        if not token_url.startswith("https://"):
+            raise HookError(f"{prefix}TOKEN_URL must be an https:// URL, not {token_url!r}")
+        for suffix in PASS_THROUGH_SUFFIXES:
+            value = token_url if suffix == "TOKEN_URL" else env.get(f"{prefix}{suffix}", "").strip()
+            if value:
+                settings[f"{prefix}{suffix}"] = value
+        settings[f"{prefix}ALLOWED_ROLES"] = f"{ROLE_PREFIX}{provider}"
+    return settings
+
+
+def encode_settings(settings: Mapping[str, str]) -> str:
+    """base64 of compact JSON: azd pastes the value into main.parameters.json, where quotes would break it."""
+    return base64.b64encode(json.dumps(dict(settings), separators=(",", ":")).encode("utf-8")).decode("ascii")
+
+
+def new_role(provider: str) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "allowedMemberTypes": ["Application"],
+        "description": f"Get {provider} access tokens from the token broker",
+        "displayName": f"Read {provider} tokens",
+        "isEnabled": True,
+        "value": f"{ROLE_PREFIX}{provider}",
+    }
+
+
+def plan_roles(existing: list[dict[str, Any]], providers: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The app roles to write, and what changed. Graph refuses to change or delete an enabled role
+    (CannotDeleteOrUpdateEnabledEntitlement), so an enabled role is kept byte for byte or only disabled."""
+    wanted = {f"{ROLE_PREFIX}{p}" for p in providers}
+    roles: list[dict[str, Any]] = []
+    changes: list[str] = []
+    present: set[str] = set()
+    for role in existing:
+        value = str(role.get("value") or "")
+        if not value.startswith(ROLE_PREFIX):
+            roles.append(role)
+            continue
+        present.add(value)
+        if value in wanted:
+            roles.append(role if role.get("isEnabled") else {**role, "isEnabled": True})
+            if not role.get("isEnabled"):
+                changes.append(f"re-enabled {value}")
+        elif role.get("isEnabled"):
+            roles.append({**role, "isEnabled": False})
+            changes.append(f"disabled {value} (its provider is gone; the next run deletes it)")
+        else:
+            changes.append(f"deleted {value} (disabled by an earlier run)")
+    for provider in providers:
+        if f"{ROLE_PREFIX}{provider}" not in present:
+            roles.append(new_role(provider))
+            changes.append(f"added {ROLE_PREFIX}{provider}")
+    return roles, changes
+
+
+@dataclass
+class Outcome:
+    app_id: str
+    app_id_uri: str
+    created_app: bool = False
+    created_service_principal: bool = False
+    role_changes: list[str] = field(default_factory=list)
+    granted: list[tuple[str, str]] = field(default_factory=list)
+
+
+class EntraApp:
+    """The hook's steps against one Graph. ``env_set`` stores a value in the azd environment."""
+
+    def __init__(
+        self, graph: Graph, config: HookConfig, env_set: Callable[[str, str], None], log: Callable[[str], None]
+    ) -> None:
+        self.graph = graph
+        self.config = config
+        self.env_set = env_set
+        self.log = log
+
+    def run(self) -> Outcome:
+        tenant = self.signed_in_tenant()
+        app, created = self.find_or_create_app()
+        outcome = Outcome(app_id=app["appId"], app_id_uri="", created_app=created)
+        outcome.app_id_uri = self.ensure_identifier_uri(app, tenant, just_created=created)
+        outcome.role_changes = self.ensure_roles(app, just_created=created)
+        sp, outcome.created_service_principal = self.ensure_service_principal(app["appId"])
+        outcome.granted = self.grant_callers(sp["id"], self.current_roles(app))
+        self.env_set("BROKER_APP_ID_URI", outcome.app_id_uri)
+        self.env_set("BROKER_PROVIDER_SETTINGS", encode_settings(self.config.provider_settings))
+        return outcome
+
+    def signed_in_tenant(self) -> str:
+        organizations = self.graph.list("/organization?$select=id")
+        tenant = str(organizations[0]["id"]) if organizations else ""
+        expected = self.config.tenant_id
+        if expected and tenant and tenant.lower() != expected.lower():
+            raise HookError(
+                f"az is signed in to tenant {tenant}, but this azd environment deploys to {expected}: "
+                f"run `az login --tenant {expected}`"
+            )
+        return tenant or expected
+
+    def find_or_create_app(self) -> tuple[dict[str, Any], bool]:
+        config = self.config
+        if config.app_id:
+            try:
+                app = self.graph.request("GET", f"/applications(appId='{config.app_id}')")
+            except GraphError as error:
+                if error.status != 404:
+                    raise
+                raise HookError(
+                    f"BROKER_API_CLIENT_ID={config.app_id} names no app registration in this tenant (deleted?). "
+                    'To create a new one, clear it: `azd env set BROKER_API_CLIENT_ID ""`, then provision again'
+                ) from None
+            self.log(f"entra-app: using app registration {app['appId']} (BROKER_API_CLIENT_ID)")
+            return app, False
+        tag_filter = quote(f"tags/any(t:t eq '{config.tag}')")
+        found = self.graph.list(f"/applications?$filter={tag_filter}")
+        if len(found) > 1:
+            ids = ", ".join(sorted(str(a["appId"]) for a in found))
+            raise HookError(
+                f"several app registrations carry the tag {config.tag!r} ({ids}); keep one and set "
+                "`azd env set BROKER_API_CLIENT_ID <its appId>`"
+            )
+        if found:
+            app = found[0]
+            self.log(f"entra-app: found app registration {app['appId']} by its tag")
+        else:
+            body = {
+                "displayName": config.display_name,
+                "signInAudience": "AzureADMyOrg",
+                "tags": [config.tag],
+                "appRoles": [new_role(p) for p in config.providers],
+            }
+            app = self.graph.request("POST", "/applications", body)
+            self.log(f"entra-app: created app registration {app['appId']} ({config.display_name})")
+        # Stored at once: should a later step fail, the next run finds this app instead of making another.
+        self.env_set("BROKER_API_CLIENT_ID", app["appId"])
+        return app, not found
+
+    def ensure_identifier_uri(self, app: dict[str, Any], tenant: str, *, just_created: bool) -> str:
+        uris = list(app.get("identifierUris") or [])
+        if not self.config.app_id_uri and uris:
+            # An app that already has a URI keeps it: callers request tokens for it.
+            return str(uris[0])
+        wanted = self.config.app_id_uri or f"api://{tenant}/{self.config.display_name}"
+        if wanted in uris:
+            return wanted
+        try:
+            self._patch_app(app, {"identifierUris": [*uris, wanted]}, just_created=just_created)
+        except GraphError as error:
+            if self.config.app_id_uri or error.status != 400:
+                raise HookError(
+                    f"the tenant refused the App ID URI {wanted!r} ({error.code}: {error.message}). "
+                    "Use a secure format: `azd env set BROKER_APP_ID_URI api://<tenantId>/<name>` or "
+                    f"api://{app['appId']}"
+                ) from None
+            wanted = f"api://{app['appId']}"
+            self.log(f"entra-app: the tenant refused the default App ID URI ({error.code}); using {wanted}")
+            if wanted not in uris:
+                self._patch_app(app, {"identifierUris": [*uris, wanted]}, just_created=just_created)
+        self.log(f"entra-app: App ID URI {wanted}")
+        return wanted
+
+    def ensure_roles(self, app: dict[str, Any], *, just_created: bool) -> list[str]:
+        roles, changes = plan_roles(list(app.get("appRoles") or []), self.config.providers)
+        if changes:
+            self._patch_app(app, {"appRoles": roles}, just_created=just_created)
+            for change in changes:
+                self.log(f"entra-app: {change}")
+        return changes
+
+    def current_roles(self, app: dict[str, Any]) -> dict[str, str]:
+        """Enabled role value -> id, as they are after ensure_roles."""
+        return {str(role["value"]): str(role["id"]) for role in app.get("appRoles") or [] if role.get("isEnabled")}
+
+    def ensure_service_principal(self, app_id: str) -> tuple[dict[str, Any], bool]:
+        created = False
+        try:
+            sp = self.graph.request("GET", f"/servicePrincipals(appId='{app_id}')")
+        except GraphError as error:
+            if error.status != 404:
+                raise
+            sp = self.graph.request("POST", "/servicePrincipals", {"appId": app_id}, just_created=True)
+            created = True
+            self.log(f"entra-app: created the service principal of {app_id}")
+        if not sp.get("appRoleAssignmentRequired"):
+            self.graph.request(
+                "PATCH", f"/servicePrincipals/{sp['id']}", {"appRoleAssignmentRequired": True}, just_created=created
+            )
+        return sp, created
+
+    def grant_callers(self, sp_id: str, role_ids: dict[str, str]) -> list[tuple[str, str]]:
+        have = {
+            (a["principalId"], a["appRoleId"]) for a in self.graph.list(f"/servicePrincipals/{sp_id}/appRoleAssignedTo")
+        }
+        granted = []
+        for provider, callers in self.config.callers.items():
+            role = f"{ROLE_PREFIX}{provider}"
+            for caller in callers:
+                if (caller, role_ids[role]) in have:
+                    continue
+                body = {"principalId": caller, "resourceId": sp_id, "appRoleId": role_ids[role]}
+                # A role added or a caller created moments ago may not have replicated yet.
+                self.graph.request("POST", f"/servicePrincipals/{sp_id}/appRoleAssignedTo", body, just_created=True)
+                self.log(f"entra-app: granted {role} to {caller}")
+                granted.append((caller, role))
+        return granted
+
+    def _patch_app(self, app: dict[str, Any], change: dict[str, Any], *, just_created: bool) -> None:
+        self.graph.request("PATCH", f"/applications/{app['id']}", change, just_created=just_created)
+        app.update(change)
 
 
 def azd_env_set(name: str, value: str) -> None:
     exe = shutil.which("azd")
     if exe is None:
-        print(f"entra-app: azd not found; set {name}={value} in your azd environment yourself")
+        print(f"entra-app: azd not found; set {name} in your azd environment yourself: azd env set {name} <value>")
         return
-    subprocess.run([exe, "env", "set", name, value], check=True)  # noqa: S603
-
-
-def app_roles(existing: list[dict[str, Any]], providers: list[str]) -> list[dict[str, Any]]:
-    """One enabled application role per provider; roles already declared keep their ids."""
-    by_value = {role.get("value"): role for role in existing}
-    roles = [role for role in existing if not str(role.get("value", "")).startswith("Token.Read.")]
-    for provider in providers:
-        value = f"Token.Read.{provider}"
-        old = by_value.get(value, {})
-        roles.append(
-            {
-                "id": old.get("id") or str(uuid.uuid4()),
-                "allowedMemberTypes": ["Application"],
-                "description": f"Get {provider} access tokens from the token broker",
-                "displayName": f"Read {provider} tokens",
-                "isEnabled": True,
-                "value": value,
-            }
-        )
-    return roles
+    done = subprocess.run([exe, "env", "set", name, value], capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise HookError(f"`azd env set {name}` failed: {done.stderr.strip()}")
 
 
 def main() -> int:
-    env_name = os.environ.get("AZURE_ENV_NAME", "").strip()
-    if not env_name:
-        raise SystemExit("entra-app: AZURE_ENV_NAME is not set; run this through `azd provision`")
-    providers = [p.strip() for p in os.environ.get("BROKER_PROVIDERS", "ilevel").split(",") if p.strip()]
-    app_id_uri = os.environ.get("BROKER_APP_ID_URI", "").strip() or f"api://ilevel-token-broker-{env_name}"
-    display_name = f"ilevel-token-broker-{env_name}"
-
-    found = az("ad", "app", "list", "--filter", f"identifierUris/any(u:u eq '{app_id_uri}')")
-    if found:
-        app = found[0]
-        print(f"entra-app: using app registration {app['appId']} ({app_id_uri})")
-    else:
-        app = az("ad", "app", "create", "--display-name", display_name, "--sign-in-audience", "AzureADMyOrg")
-        az("ad", "app", "update", "--id", app["appId"], "--identifier-uris", app_id_uri)
-        print(f"entra-app: created app registration {app['appId']} ({app_id_uri})")
-
-    roles = app_roles(app.get("appRoles") or [], providers)
-    graph("PATCH", f"/applications/{app['id']}", {"appRoles": roles})
-
-    sps = az("ad", "sp", "list", "--filter", f"appId eq '{app['appId']}'")
-    sp = sps[0] if sps else az("ad", "sp", "create", "--id", app["appId"])
-    graph("PATCH", f"/servicePrincipals/{sp['id']}", {"appRoleAssignmentRequired": True})
-
-    role_ids = {role["value"]: role["id"] for role in roles}
-    callers = [c.strip() for c in os.environ.get("BROKER_CALLER_PRINCIPAL_IDS", "").split(",") if c.strip()]
-    granted = graph("GET", f"/servicePrincipals/{sp['id']}/appRoleAssignedTo")
-    have = {(a["principalId"], a["appRoleId"]) for a in (granted or {}).get("value", [])}
-    for caller in callers:
-        role_id = role_ids["Token.Read.ilevel"]
-        if (caller, role_id) in have:
-            print(f"entra-app: {caller} already has Token.Read.ilevel")
-            continue
-        body = {"principalId": caller, "resourceId": sp["id"], "appRoleId": role_id}
-        graph("POST", f"/servicePrincipals/{sp['id']}/appRoleAssignedTo", body)
-        print(f"entra-app: granted Token.Read.ilevel to {caller}")
-
-    azd_env_set("BROKER_APP_ID_URI", app_id_uri)
-    azd_env_set("BROKER_API_CLIENT_ID", app["appId"])
+    try:
+        config = HookConfig.from_env(os.environ)
+        graph = Graph(http_send(az_graph_token()))
+        EntraApp(graph, config, azd_env_set, print).run()
+    except HookError as error:
+        print(f"entra-app: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BROKER_BICEP = ROOT / "infra" / "app" / "broker.bicep"
 BEGIN = "// --- app settings: begin ---"
 END = "// --- app settings: end ---"
+FALLBACK_BEGIN = "// --- provider settings fallback: begin ---"
+FALLBACK_END = "// --- provider settings fallback: end ---"
 
 _KEY = re.compile(r"^\s*(?:'(?P<quoted>[^']+)'|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))\s*:\s*(?P<value>.*?)\s*$")
 _LITERAL = re.compile(r"^'(?P<text>[^'$]*)'$")
@@ -73,16 +75,29 @@ def top_level_entries(lines: list[str]) -> list[tuple[str, str]]:
     return entries
 
 
-def app_settings(path: Path = BROKER_BICEP) -> list[Setting]:
-    """Every app setting broker.bicep gives the Function App, in file order."""
+def _marked_object(path: Path, begin: str, end: str, opener: str) -> list[Setting]:
     text = path.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        raise ValueError(f"{path} must contain the markers {BEGIN!r} and {END!r} exactly once")
-    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    settings = [Setting(name, value) for name, value in top_level_entries(object_block(block, "var appSettings = {"))]
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"{path} must contain the markers {begin!r} and {end!r} exactly once")
+    block = text.split(begin, 1)[1].split(end, 1)[0]
+    settings = [Setting(name, value) for name, value in top_level_entries(object_block(block, opener))]
     if not settings:
         raise ValueError(f"no settings found between the markers in {path}")
     return settings
+
+
+def app_settings(path: Path = BROKER_BICEP) -> list[Setting]:
+    """Every app setting broker.bicep gives the Function App whatever the providers, in file order."""
+    return _marked_object(path, BEGIN, END, "var appSettings = {")
+
+
+def fallback_provider_settings(path: Path = BROKER_BICEP) -> dict[str, str]:
+    """The provider settings broker.bicep uses when the preprovision hook wrote none (literals only)."""
+    settings = _marked_object(path, FALLBACK_BEGIN, FALLBACK_END, "var fallbackProviderSettings = {")
+    unreadable = [s.name for s in settings if s.literal is None]
+    if unreadable:
+        raise ValueError(f"fallback provider settings must be string literals: {unreadable}")
+    return {s.name: s.literal for s in settings if s.literal is not None}
 
 
 def function_runtime(path: Path = BROKER_BICEP) -> dict[str, str]:

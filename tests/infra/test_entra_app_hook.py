@@ -1,0 +1,301 @@
+"""The preprovision hook against a Graph that keeps a real tenant's rules (tests/infra/graph_fake.py).
+
+Each test gives the hook an azd environment and a Graph state, runs it like azd would (values the
+hook stores are in the environment of the next run), and reads the conversation it had.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "hooks"))
+sys.path.insert(0, str(Path(__file__).parent))
+from entra_app import EntraApp, HookConfig, Outcome, plan_roles  # noqa: E402
+from graph_client import RETRY_DELAYS_S, Graph, HookError, Reply  # noqa: E402
+from graph_fake import FakeGraph, Request, app_id_only_policy, secure_uri_policy  # noqa: E402
+
+SUBSCRIPTION = "11111111-2222-4333-8444-555555555555"
+FACTORY = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+EXISTING_APP_ID = "5b1f7e0c-2d4a-4c51-9f8e-1a2b3c4d5e6f"
+
+
+@dataclass
+class Azd:
+    """The azd environment: what the hook reads, and what it stores for the next run."""
+
+    values: dict[str, str]
+    sleeps: list[float] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    def set(self, name: str, value: str) -> None:
+        self.values[name] = value
+
+    def run(self, graph: FakeGraph) -> Outcome:
+        client = Graph(graph, sleep=self.sleeps.append, log=self.log.append)
+        return EntraApp(client, HookConfig.from_env(self.values), self.set, self.log.append).run()
+
+    def settings(self) -> dict[str, str]:
+        decoded: dict[str, str] = json.loads(base64.b64decode(self.values["BROKER_PROVIDER_SETTINGS"]))
+        return decoded
+
+
+def azd(**values: str) -> Azd:
+    return Azd({"AZURE_ENV_NAME": "dev", "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION, **values})
+
+
+def fresh(**options: Any) -> FakeGraph:
+    graph = FakeGraph.from_recording("fresh_tenant.json", **options)
+    graph.uri_allowed = graph.uri_allowed or secure_uri_policy(graph.tenant)
+    return graph
+
+
+def existing(**options: Any) -> FakeGraph:
+    graph = FakeGraph.from_recording("existing_app.json", **options)
+    graph.uri_allowed = secure_uri_policy(graph.tenant)
+    return graph
+
+
+def roles(graph: FakeGraph) -> dict[str, dict[str, Any]]:
+    (app,) = graph.applications
+    return {role["value"]: role for role in app["appRoles"]}
+
+
+def writes(graph: FakeGraph, start: int = 0) -> list[Request]:
+    return [r for r in graph.conversation[start:] if r.method != "GET"]
+
+
+def test_first_run_creates_one_app_with_a_secure_uri_and_a_role_per_provider() -> None:
+    """A fresh tenant gets one tagged app, URI api://<tenantId>/ilevel-token-broker-<env>, role per provider."""
+    graph, env = fresh(), azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    outcome = env.run(graph)
+    (app,) = graph.applications
+    assert outcome.created_app and outcome.created_service_principal
+    assert app["identifierUris"] == [f"api://{graph.tenant}/ilevel-token-broker-dev"]
+    assert env.values["BROKER_APP_ID_URI"] == app["identifierUris"][0]
+    assert env.values["BROKER_API_CLIENT_ID"] == app["appId"]
+    assert app["tags"] == [f"ilevel-token-broker/{SUBSCRIPTION}/dev"]
+    assert set(roles(graph)) == {"Token.Read.ilevel"}
+    assert graph.service_principals[0]["appRoleAssignmentRequired"] is True
+    assert [(a["principalId"], a["appRoleId"]) for a in graph.assignments] == [
+        (FACTORY, roles(graph)["Token.Read.ilevel"]["id"])
+    ]
+
+
+def test_second_run_creates_nothing_and_writes_nothing() -> None:
+    """Idempotent: run twice on the same state, and the second run only reads."""
+    graph, env = fresh(), azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    env.run(graph)
+    first = len(graph.conversation)
+    again = env.run(graph)
+    assert not again.created_app and not again.created_service_principal and not again.granted
+    assert writes(graph, first) == []
+    assert len(graph.requests("POST", r"^/applications$")) == 1
+    assert len(graph.applications) == 1
+
+
+def test_a_lost_environment_finds_the_app_by_its_tag_not_a_second_create() -> None:
+    """Without BROKER_API_CLIENT_ID (a new machine, a CI runner), the tag finds the app made before."""
+    graph = fresh()
+    azd().run(graph)
+    outcome = azd().run(graph)
+    assert not outcome.created_app
+    assert len(graph.applications) == 1
+
+
+def test_an_app_whose_uri_was_refused_is_found_again_and_not_duplicated() -> None:
+    """The appId is stored before the URI is set, so a failed URI step leaves nothing a re-run cannot find."""
+    graph, env = fresh(), azd()
+
+    def refuse_uri_once(request: Request) -> Reply | None:
+        if request.method == "PATCH" and "identifierUris" in (request.body or {}) and not graph.requests("PATCH")[:-1]:
+            return Reply(403, {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}})
+        return None
+
+    graph.fail = refuse_uri_once
+    with pytest.raises(HookError, match="refused the App ID URI"):
+        env.run(graph)
+    graph.fail = None
+    env.run(graph)
+    assert len(graph.applications) == 1
+    assert graph.applications[0]["identifierUris"] == [f"api://{graph.tenant}/ilevel-token-broker-dev"]
+
+
+def test_a_tenant_that_allows_only_app_id_uris_gets_api_app_id() -> None:
+    """When the tenant refuses the default URI, the hook uses api://<appId> and stores it."""
+    graph, env = fresh(uri_allowed=app_id_only_policy), azd()
+    env.run(graph)
+    app_id = graph.applications[0]["appId"]
+    assert graph.applications[0]["identifierUris"] == [f"api://{app_id}"]
+    assert env.values["BROKER_APP_ID_URI"] == f"api://{app_id}"
+
+
+def test_a_uri_the_operator_chose_and_the_tenant_refuses_is_a_clear_error() -> None:
+    """An explicit BROKER_APP_ID_URI in an insecure format fails with the formats that work."""
+    with pytest.raises(HookError, match=r"refused the App ID URI 'api://ilevel-token-broker'.*api://<tenantId>/<name>"):
+        azd(BROKER_APP_ID_URI="api://ilevel-token-broker").run(fresh())
+
+
+def test_existing_app_is_found_by_the_stored_app_id_and_keeps_its_uri_and_roles() -> None:
+    """An app from an earlier version: found by appId, its URI kept, its role text untouched."""
+    graph = existing()
+    before = roles(graph)["Token.Read.ilevel"].copy()
+    env = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID)
+    outcome = env.run(graph)
+    assert not outcome.created_app
+    assert outcome.app_id_uri == "api://ilevel-token-broker-dev"
+    assert roles(graph)["Token.Read.ilevel"] == before
+    assert writes(graph) == []
+
+
+def test_rerun_after_the_role_text_changed_in_code_keeps_the_enabled_role() -> None:
+    """An enabled role whose description differs from what the hook would write is left as it is."""
+    graph = existing()
+    roles(graph)["Token.Read.ilevel"]["description"] = "Older wording"
+    azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    assert roles(graph)["Token.Read.ilevel"]["description"] == "Older wording"
+
+
+def test_an_added_provider_gets_a_role_and_existing_roles_stay() -> None:
+    """A new provider's role is added; the other app roles, ours or not, are kept byte for byte."""
+    graph = existing()
+    before = roles(graph)
+    env = azd(
+        BROKER_API_CLIENT_ID=EXISTING_APP_ID,
+        BROKER_PROVIDERS="ilevel,other",
+        BROKER_OTHER_TOKEN_URL="https://login.other.example/oauth2/token",
+    )
+    env.run(graph)
+    after = roles(graph)
+    assert after["Token.Read.ilevel"] == before["Token.Read.ilevel"]
+    assert after["Broker.Admin"] == before["Broker.Admin"]
+    assert after["Token.Read.other"]["isEnabled"] is True
+
+
+def test_a_removed_provider_role_is_disabled_then_deleted_on_the_next_run() -> None:
+    """Retiring a role takes two runs, as Graph demands: disable, then delete."""
+    graph = existing()
+    env = azd(
+        BROKER_API_CLIENT_ID=EXISTING_APP_ID,
+        BROKER_PROVIDERS="other",
+        BROKER_OTHER_TOKEN_URL="https://login.other.example/oauth2/token",
+    )
+    first = env.run(graph)
+    assert roles(graph)["Token.Read.ilevel"]["isEnabled"] is False
+    assert any("disabled Token.Read.ilevel" in change for change in first.role_changes)
+    second = env.run(graph)
+    assert "Token.Read.ilevel" not in roles(graph)
+    assert any("deleted Token.Read.ilevel" in change for change in second.role_changes)
+    assert env.run(graph).role_changes == []
+
+
+def test_providers_without_ilevel_need_no_ilevel_role() -> None:
+    """BROKER_PROVIDERS without ilevel: callers get the listed provider's role, no KeyError."""
+    graph = fresh()
+    env = azd(
+        BROKER_PROVIDERS="other",
+        BROKER_OTHER_TOKEN_URL="https://login.other.example/oauth2/token",
+        BROKER_CALLER_PRINCIPAL_IDS=FACTORY,
+    )
+    env.run(graph)
+    assert set(roles(graph)) == {"Token.Read.other"}
+    assert graph.assignments[0]["appRoleId"] == roles(graph)["Token.Read.other"]["id"]
+    assert env.settings() == {
+        "BROKER_PROVIDERS": "other",
+        "BROKER_OTHER_TOKEN_URL": "https://login.other.example/oauth2/token",
+        "BROKER_OTHER_ALLOWED_ROLES": "Token.Read.other",
+    }
+
+
+def test_per_provider_callers_get_only_that_providers_role() -> None:
+    """BROKER_<NAME>_CALLER_PRINCIPAL_IDS grants one provider's role; the shared list grants all."""
+    graph = fresh()
+    azd(
+        BROKER_PROVIDERS="ilevel,other",
+        BROKER_OTHER_TOKEN_URL="https://login.other.example/oauth2/token",
+        BROKER_OTHER_CALLER_PRINCIPAL_IDS=FACTORY,
+    ).run(graph)
+    granted = {(a["principalId"], a["appRoleId"]) for a in graph.assignments}
+    assert granted == {(FACTORY, roles(graph)["Token.Read.other"]["id"])}
+
+
+def test_replication_delay_is_retried_with_backoff() -> None:
+    """Objects Graph has not replicated yet (app, service principal) are retried with growing waits."""
+    graph, env = fresh(lag=3), azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    env.run(graph)
+    waits: list[list[float]] = []
+    for delay in env.sleeps:
+        if delay == RETRY_DELAYS_S[0]:
+            waits.append([])
+        waits[-1].append(delay)
+    assert len(waits) >= 2, "both the new app and the new service principal should have been waited for"
+    assert all(tuple(call) == RETRY_DELAYS_S[: len(call)] for call in waits)
+    assert len(graph.applications) == 1 and len(graph.service_principals) == 1
+    assert len(graph.assignments) == 1
+
+
+def test_replication_that_never_completes_fails_with_graphs_message() -> None:
+    """After the last wait the hook gives up and reports what Graph said."""
+    graph = fresh(lag=1000)
+    with pytest.raises(HookError, match="Request_ResourceNotFound"):
+        azd().run(graph)
+
+
+def test_role_assignments_are_read_across_every_page() -> None:
+    """The caller's grant is on the last page (@odata.nextLink): no duplicate grant, which Graph answers 409."""
+    graph = existing(page_size=2)
+    env = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID, BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    outcome = env.run(graph)
+    assert outcome.granted == []
+    assert len(graph.requests("GET", r"appRoleAssignedTo")) == 3
+
+
+def test_a_stale_app_id_is_a_clear_error() -> None:
+    """BROKER_API_CLIENT_ID of a deleted app names the variable and how to start over."""
+    with pytest.raises(HookError, match=r"BROKER_API_CLIENT_ID=.*azd env set BROKER_API_CLIENT_ID"):
+        azd(BROKER_API_CLIENT_ID="00000000-0000-4000-8000-000000000000").run(fresh())
+
+
+def test_az_signed_in_to_another_tenant_is_a_clear_error() -> None:
+    """When az and the azd environment disagree on the tenant, the hook says which login to run."""
+    with pytest.raises(HookError, match=r"az login --tenant 99999999"):
+        azd(AZURE_TENANT_ID="99999999-9999-4999-8999-999999999999").run(fresh())
+
+
+def test_a_provider_without_a_token_url_is_a_clear_error() -> None:
+    """A provider other than ilevel needs BROKER_<NAME>_TOKEN_URL, and the error names it."""
+    with pytest.raises(HookError, match=r"azd env set BROKER_MY_API_TOKEN_URL"):
+        HookConfig.from_env(azd(BROKER_PROVIDERS="ilevel,my-api").values)
+
+
+def test_provider_settings_carry_the_azd_values_to_the_app() -> None:
+    """Token URL and pass-through settings reach BROKER_PROVIDER_SETTINGS; roles match the app roles."""
+    env = azd(
+        BROKER_ILEVEL_TOKEN_URL="https://sandbox.ilevelsolutions.example/v1/token",
+        BROKER_ILEVEL_AUTH_METHOD="client_secret_post",
+    )
+    env.run(fresh())
+    assert env.settings() == {
+        "BROKER_PROVIDERS": "ilevel",
+        "BROKER_ILEVEL_TOKEN_URL": "https://sandbox.ilevelsolutions.example/v1/token",
+        "BROKER_ILEVEL_AUTH_METHOD": "client_secret_post",
+        "BROKER_ILEVEL_ALLOWED_ROLES": "Token.Read.ilevel",
+    }
+
+
+def test_plan_roles_never_edits_an_enabled_role() -> None:
+    """Every enabled role comes back unchanged or only disabled, whatever the providers."""
+    graph = existing()
+    old = list(graph.applications[0]["appRoles"])
+    for providers in [(), ("ilevel",), ("other",), ("ilevel", "other")]:
+        planned, _ = plan_roles(old, providers)
+        by_id = {role["id"]: role for role in planned}
+        for role in old:
+            assert role["id"] in by_id
+            assert {**role, "isEnabled": by_id[role["id"]]["isEnabled"]} == by_id[role["id"]]
