@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
+# make run PORT=8080 picks the local run's port (0: any free port).
+PORT ?= 7071
 # Current checkov (>= 3.3 has CKV_AZURE_189 and the newer Azure checks); a new pin re-installs.
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
@@ -25,7 +27,7 @@ $(CHECKOV_STAMP):
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m broker.standin.demo
+	$(PY) -m broker.standin.demo --port $(PORT)
 
 test: $(STAMP) $(CHECKOV_STAMP) lint typecheck infra-check unit
 
