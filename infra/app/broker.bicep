@@ -156,6 +156,7 @@ module app 'br/public:avm/res/web/site:0.15.1' = {
     siteConfig: {
       alwaysOn: false
       minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
     }

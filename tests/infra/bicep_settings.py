@@ -46,9 +46,9 @@ def _strip_comment(line: str) -> str:
 
 
 def object_block(text: str, opener: str) -> list[str]:
-    """The lines of the object that starts on the line containing ``opener``, braces excluded."""
+    """The lines of the object (or array) opened on the line containing ``opener``, brackets excluded."""
     lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if opener in line and line.rstrip().endswith("{")]
+    starts = [i for i, line in enumerate(lines) if opener in line and line.rstrip().endswith(("{", "["))]
     if not starts:
         raise ValueError(f"no object opened by {opener!r}")
     start = starts[0]

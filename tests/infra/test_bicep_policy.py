@@ -1,18 +1,32 @@
-"""Rules checkov cannot enforce here: it does not open registry modules, so check our calls to them."""
+"""Rules checkov cannot enforce here, read from the Bicep source.
+
+checkov does not open registry modules, so it never sees the inputs of an AVM call (storage, the
+Function App, Application Insights), and it cannot evaluate a conditional expression. These tests
+pin the security-relevant inputs of every module call and every conditional that decides network
+access. A new AVM module call fails test_every_module_call_has_a_policy until it gets one here.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bicep_settings import ROOT, object_block, top_level_entries  # noqa: E402
 
 INFRA = ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+BROKER = INFRA / "app" / "broker.bicep"
+KEYVAULT = INFRA / "app" / "keyvault.bicep"
+NETWORK = INFRA / "app" / "network.bicep"
+MONITORING = INFRA / "app" / "monitoring.bicep"
 MODULE_REF = re.compile(r"^module\s+(\w+)\s+'(br/public:[^']+)'", re.MULTILINE)
 PINNED = re.compile(r"^br/public:avm/(res|ptn|utl)/[a-z0-9-]+/[a-z0-9-]+(/[a-z0-9-]+)*:\d+\.\d+\.\d+$")
 ROLE_ASSIGNMENT = re.compile(r"^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@", re.MULTILINE)
+PARAM = re.compile(r"^param\s+(\w+)\s", re.MULTILINE)
 
 
 def bicep_files() -> list[Path]:
@@ -21,69 +35,209 @@ def bicep_files() -> list[Path]:
     return files
 
 
+def text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def block(source: str | list[str], opener: str) -> list[str]:
+    return object_block(source if isinstance(source, str) else "\n".join(source), opener)
+
+
+def entries(lines: list[str]) -> dict[str, str]:
+    return dict(top_level_entries(lines))
+
+
 def module_params(path: Path, symbol: str) -> dict[str, str]:
-    text = path.read_text(encoding="utf-8")
-    body = object_block(text, f"module {symbol} ")
-    return dict(top_level_entries(object_block("\n".join(body), "params: {")))
+    return entries(block(block(text(path), f"module {symbol} "), "params: {"))
+
+
+def nested(path: Path, symbol: str, *openers: str) -> dict[str, str]:
+    """Top-level entries of an object nested in a module's params, e.g. siteConfig."""
+    lines = block(block(text(path), f"module {symbol} "), "params: {")
+    for opener in openers:
+        lines = block(lines, f"{opener}: {{")
+    return entries(lines)
 
 
 def resource_properties(path: Path, symbol: str) -> dict[str, str]:
-    text = path.read_text(encoding="utf-8")
-    body = object_block(text, f"resource {symbol} ")
-    return dict(top_level_entries(object_block("\n".join(body), "properties: {")))
+    return entries(block(block(text(path), f"resource {symbol} "), "properties: {"))
+
+
+def variable(path: Path, name: str) -> str:
+    match = re.search(rf"^var {name} = (.+)$", text(path), re.MULTILINE)
+    assert match, f"{path.name} has no one-line var {name}"
+    return match[1].strip()
+
+
+# --- Policies for each AVM module the infra calls: module path -> check of one call's params ---
+
+
+def storage_policy(params: dict[str, str]) -> None:
+    assert params["allowSharedKeyAccess"] == "false"
+    assert params["allowBlobPublicAccess"] == "false"
+    assert params["allowCrossTenantReplication"] == "false"
+    assert params["defaultToOAuthAuthentication"] == "true"
+    assert params["supportsHttpsTrafficOnly"] == "true"
+    assert params["minimumTlsVersion"] == "'TLS1_2'"
+    assert params["publicNetworkAccess"] == "storagePublicNetworkAccess"
+    assert variable(MAIN, "storagePublicNetworkAccess") == "vnetEnabled && empty(operatorIps) ? 'Disabled' : 'Enabled'"
+    acls = nested(MAIN, "storage", "networkAcls")
+    assert acls["defaultAction"] == "vnetEnabled ? 'Deny' : 'Allow'"
+    assert acls["bypass"] == "vnetEnabled ? 'None' : 'AzureServices'"
+
+
+def site_policy(params: dict[str, str]) -> None:
+    assert params["kind"] == "'functionapp,linux'"
+    assert params["httpsOnly"] == "true"
+    assert params["publicNetworkAccess"] == "'Enabled'", "inbound is public by design; docs/deploy.md says so"
+    assert params["virtualNetworkSubnetId"] == "empty(appSubnetId) ? null : appSubnetId"
+    site_config = nested(BROKER, "app", "siteConfig")
+    assert site_config["minTlsVersion"] == "'1.2'"
+    assert site_config["scmMinTlsVersion"] == "'1.2'"
+    assert site_config["ftpsState"] == "'Disabled'"
+    identities = nested(BROKER, "app", "managedIdentities")
+    assert set(identities) == {"userAssignedResourceIds"}, "user-assigned identity only, no system-assigned"
+    call = "\n".join(block(text(BROKER), "module app "))
+    policies = dict(re.findall(r"name: '(\w+)'\s*\n\s*allow: (\w+)", call))
+    assert policies == {"ftp": "false", "scm": "false"}, "FTP and SCM basic publishing credentials must be off"
+    deployment = nested(BROKER, "app", "functionAppConfig", "deployment", "storage", "authentication")
+    assert deployment["type"] == "'UserAssignedIdentity'"
+    http = nested(BROKER, "app", "functionAppConfig", "scaleAndConcurrency", "triggers", "http")
+    assert http["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    assert params["authSettingV2Configuration"] == "enableAppServiceAuth ? authSettings : authSettingsOff"
+    assert entries(block(block(text(BROKER), "var authSettingsOff = {"), "platform: {")) == {"enabled": "false"}
+
+
+def insights_policy(params: dict[str, str]) -> None:
+    assert params["disableLocalAuth"] == "true"
+
+
+def identity_policy(params: dict[str, str]) -> None:
+    assert set(params) <= {"name", "location", "tags"}, "the identity gets no federated credentials or roles here"
+
+
+def plan_policy(params: dict[str, str]) -> None:
+    assert entries(block(block(block(text(MAIN), "module plan "), "params: {"), "sku: {"))["name"] == "'FC1'"
+    assert params["reserved"] == "true", "Linux"
+
+
+POLICIES: dict[str, Callable[[dict[str, str]], None]] = {
+    "avm/res/storage/storage-account": storage_policy,
+    "avm/res/web/site": site_policy,
+    "avm/res/insights/component": insights_policy,
+    "avm/res/managed-identity/user-assigned-identity": identity_policy,
+    "avm/res/web/serverfarm": plan_policy,
+}
+
+
+def module_calls() -> list[tuple[Path, str, str]]:
+    """(file, symbol, module path without version) for every registry module call."""
+    calls = []
+    for path in bicep_files():
+        for symbol, ref in MODULE_REF.findall(text(path)):
+            calls.append((path, symbol, ref.removeprefix("br/public:").rsplit(":", 1)[0]))
+    assert calls, "expected at least one Azure Verified Module"
+    return calls
 
 
 def test_every_registry_module_is_an_avm_module_pinned_to_an_exact_version() -> None:
     """Each br/public reference is avm/... at an exact x.y.z version, never a floating tag."""
-    refs = [ref for path in bicep_files() for _, ref in MODULE_REF.findall(path.read_text(encoding="utf-8"))]
-    assert refs, "expected at least one Azure Verified Module"
+    refs = [ref for path in bicep_files() for _, ref in MODULE_REF.findall(text(path))]
     loose = [ref for ref in refs if not PINNED.fullmatch(ref)]
     assert not loose, f"not pinned to an exact AVM version: {loose}"
 
 
-def test_storage_account_turns_shared_key_access_off() -> None:
-    """The storage module call disables shared keys and anonymous blob access."""
-    params = module_params(INFRA / "main.bicep", "storage")
-    assert params["allowSharedKeyAccess"] == "false"
-    assert params["allowBlobPublicAccess"] == "false"
+def test_every_module_call_has_a_policy_and_meets_it() -> None:
+    """Each AVM call's security inputs (network access, TLS, shared keys, HTTPS, publishing credentials, identity)."""
+    for path, symbol, module in module_calls():
+        assert module in POLICIES, f"{path.name}: module {symbol} ({module}) has no policy in this test; add one"
+        POLICIES[module](module_params(path, symbol))
 
 
 def test_monitoring_turns_local_auth_off() -> None:
-    """Log Analytics and Application Insights accept Entra ID ingestion only."""
-    path = INFRA / "app" / "monitoring.bicep"
-    assert module_params(path, "applicationInsights")["disableLocalAuth"] == "true"
-    workspace = object_block(path.read_text(encoding="utf-8"), "resource logAnalytics ")
-    features = object_block("\n".join(workspace), "features: {")
-    assert dict(top_level_entries(features))["disableLocalAuth"] == "true"
+    """The hand-written Log Analytics workspace accepts Entra ID ingestion only."""
+    workspace = block(text(MONITORING), "resource logAnalytics ")
+    assert entries(block(workspace, "features: {"))["disableLocalAuth"] == "true"
 
 
-def test_key_vault_uses_rbac_with_soft_delete_and_purge_protection() -> None:
-    """The vault is in RBAC mode, soft delete and purge protection on, public access from a parameter."""
-    props = resource_properties(INFRA / "app" / "keyvault.bicep", "vault")
+def test_key_vault_is_rbac_recoverable_and_private_with_the_network_on() -> None:
+    """RBAC mode, soft delete, purge protection; public access off and firewall Deny when the network is on."""
+    props = resource_properties(KEYVAULT, "vault")
     assert props["enableRbacAuthorization"] == "true"
     assert props["enableSoftDelete"] == "true"
     assert props["enablePurgeProtection"] == "true"
     assert props["publicNetworkAccess"] == "publicNetworkAccess"
+    access = variable(KEYVAULT, "publicNetworkAccess")
+    assert access == "privateNetwork && empty(operatorIpAddresses) ? 'Disabled' : 'Enabled'"
+    acls = entries(block(block(block(text(KEYVAULT), "resource vault "), "properties: {"), "networkAcls: {"))
+    assert acls["defaultAction"] == "privateNetwork ? 'Deny' : 'Allow'"
+    assert acls["bypass"] == "privateNetwork ? 'None' : 'AzureServices'"
+    assert module_params(MAIN, "vault")["privateNetwork"] == "vnetEnabled"
+
+
+def test_private_networking_is_on_by_default_and_wired_through() -> None:
+    """vnetEnabled defaults to true, creates the network, and gives the app its delegated subnet."""
+    main = text(MAIN)
+    assert "param vnetEnabled bool = true" in main
+    assert re.search(r"^module network '\./app/network\.bicep' = if \(vnetEnabled\) \{", main, re.MULTILINE)
+    assert module_params(MAIN, "broker")["appSubnetId"] == "vnetEnabled ? network.outputs.appSubnetId : ''"
+
+
+def test_network_has_a_delegated_app_subnet_and_private_endpoints_for_vault_blob_and_table() -> None:
+    """The app subnet is delegated to Microsoft.App/environments; vault, blob and table get endpoints and zones."""
+    network = text(NETWORK)
+    subnets = block(block(block(network, "resource vnet "), "properties: {"), "subnets: [")
+    joined = "\n".join(subnets)
+    assert joined.count("networkSecurityGroup: {") == 2, "both subnets carry the NSG"
+    assert "serviceName: 'Microsoft.App/environments'" in joined
+    groups = dict(re.findall(r"key: '(\w+)'\s*\n\s*groupId: '(\w+)'", network))
+    assert groups == {"vault": "vault", "blob": "blob", "table": "table"}
+    zones = re.findall(r"zone: '([^']+)'", network)
+    assert zones == [
+        "privatelink.vaultcore.azure.net",
+        "privatelink.blob.${environment().suffixes.storage}",
+        "privatelink.table.${environment().suffixes.storage}",
+    ]
+    assert module_params(MAIN, "network")["keyVaultId"] == "vault.outputs.id"
+    assert module_params(MAIN, "network")["storageAccountId"] == "storage.outputs.resourceId"
 
 
 def test_every_role_assignment_is_idempotent_and_typed() -> None:
     """Role assignments are named with guid(...), set principalType, and name their role GUID in a comment."""
     path = INFRA / "app" / "rbac.bicep"
-    text = path.read_text(encoding="utf-8")
-    symbols = ROLE_ASSIGNMENT.findall(text)
+    source = text(path)
+    symbols = ROLE_ASSIGNMENT.findall(source)
     assert symbols
     for symbol in symbols:
-        body = dict(top_level_entries(object_block(text, f"resource {symbol} ")))
+        body = entries(block(source, f"resource {symbol} "))
         assert body["name"].startswith("guid("), f"{symbol} is not named with guid(...)"
         assert "principalType" in resource_properties(path, symbol), f"{symbol} lacks principalType"
-    for guid in re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", text):
-        line = next(line for line in text.splitlines() if guid in line)
+    for guid in re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", source):
+        line = next(line for line in source.splitlines() if guid in line)
         assert "//" in line, f"role {guid} has no comment naming it"
 
 
 def test_app_service_authentication_is_off_unless_asked_for() -> None:
-    """authsettingsV2 is behind a bool parameter that defaults to false."""
-    main = (INFRA / "main.bicep").read_text(encoding="utf-8")
-    assert "param enableAppServiceAuth bool = false" in main
-    broker = module_params(INFRA / "app" / "broker.bicep", "app")
-    assert broker["authSettingV2Configuration"] == "enableAppServiceAuth ? authSettings : {}"
+    """authsettingsV2 is behind a bool parameter that defaults to false, and false sends an explicit off."""
+    assert "param enableAppServiceAuth bool = false" in text(MAIN)
+    assert module_params(BROKER, "app")["authSettingV2Configuration"].endswith(": authSettingsOff")
+
+
+def test_every_main_parameter_is_settable_from_the_azd_environment() -> None:
+    """main.parameters.json maps each main.bicep parameter to an azd variable, and nothing else."""
+    declared = set(PARAM.findall(text(MAIN)))
+    mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]
+    assert set(mapped) == declared
+    for name, entry in mapped.items():
+        assert re.fullmatch(r"\$\{[A-Z_]+(=[^}]*)?\}", entry["value"]), f"{name} is not an azd variable"
+
+
+def test_parameter_file_defaults_match_the_bicep_defaults() -> None:
+    """A default in main.parameters.json (${VAR=default}) is the same as the Bicep parameter's default."""
+    main = text(MAIN)
+    mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]
+    for name, entry in mapped.items():
+        default = re.fullmatch(r"\$\{[A-Z_]+=([^}]*)\}", entry["value"])
+        bicep = re.search(rf"^param {name} \w+ = (.+)$", main, re.MULTILINE)
+        if default and bicep:
+            assert bicep[1].strip("'") == default[1], f"{name}: {default[1]!r} in the file, {bicep[1]} in Bicep"
