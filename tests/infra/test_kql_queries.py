@@ -146,9 +146,11 @@ def problems(query: Query, emitted: Emitted) -> list[str]:
     for key in query.fields:
         if not any(re.search(rf"(^|\s){key}=%", f) for f in formats):
             found.append(f"no log line of {query.loggers or 'the broker'} has a field {key}=")
-    found += [f"metric {name!r} is not an instrument the broker creates" for name in query.metrics if name not in emitted.metrics]
+    unknown_metrics = [name for name in query.metrics if name not in emitted.metrics]
+    found += [f"metric {name!r} is not an instrument the broker creates" for name in unknown_metrics]
     known = emitted.attributes | EXPORTER_DIMENSIONS
-    found += [f"customDimensions.{key} is not an attribute the broker sets" for key in query.dimensions if key not in known]
+    unknown_dimensions = [key for key in query.dimensions if key not in known]
+    found += [f"customDimensions.{key} is not an attribute the broker sets" for key in unknown_dimensions]
     return found
 
 
