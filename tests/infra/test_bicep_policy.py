@@ -241,3 +241,21 @@ def test_parameter_file_defaults_match_the_bicep_defaults() -> None:
         bicep = re.search(rf"^param {name} \w+ = (.+)$", main, re.MULTILINE)
         if default and bicep:
             assert bicep[1].strip("'") == default[1], f"{name}: {default[1]!r} in the file, {bicep[1]} in Bicep"
+
+
+def test_every_module_call_uses_only_parameters_of_the_pinned_version() -> None:
+    """Each AVM call passes only parameters its pinned version declares, and every required one.
+
+    tests/infra/avm_parameters.json lists them, read from each module's source at its release tag;
+    a changed pin without an updated list fails here.
+    """
+    known = json.loads(text(Path(__file__).parent / "avm_parameters.json"))["modules"]
+    for path in bicep_files():
+        for symbol, ref in MODULE_REF.findall(text(path)):
+            pinned = ref.removeprefix("br/public:")
+            assert pinned in known, f"{path.name}: {pinned} is not in avm_parameters.json; add its parameters"
+            passed = set(module_params(path, symbol))
+            unknown = passed - set(known[pinned]["parameters"])
+            missing = set(known[pinned]["required"]) - passed
+            assert not unknown, f"{path.name}: module {symbol} passes {sorted(unknown)}, unknown to {pinned}"
+            assert not missing, f"{path.name}: module {symbol} lacks required {sorted(missing)} of {pinned}"
