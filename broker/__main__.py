@@ -33,10 +33,11 @@ def load_local_settings(path: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import asyncio
 
     from broker.http import create_app
     from broker.runtime import Broker
+    from broker.serving import BrokerServer, server_config
     from broker.telemetry import configure_exporter
 
     settings = load_settings(os.environ)
@@ -47,9 +48,12 @@ def _serve(args: argparse.Namespace) -> int:
         )
     log_warnings(settings)
     configure_exporter(os.environ)
-    app = create_app(Broker(settings))
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
-    return 0
+    broker = Broker(settings)
+    config = server_config(create_app(broker), host=args.host, port=args.port)
+    server = BrokerServer(config, broker)
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(server.run_until_stopped())
+    return 0 if server.started else 1
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -100,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.logMultiprocessing = False
     logging._srcfile = None  # skips findCaller's frame walk (documented in the Logging HOWTO)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    from broker.startup import quiet_libraries
+
+    quiet_libraries()
     try:
         if args.settings is not None:
             load_local_settings(args.settings)

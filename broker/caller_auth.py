@@ -79,7 +79,7 @@ class SigningKeys:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Callable[[], httpx.AsyncClient],
         *,
         authority: str,
         tenant: str,
@@ -142,7 +142,7 @@ class SigningKeys:
         log.info("caller-auth: loaded %d signing keys", len(self._keys))
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        response = await self._http.get(url, timeout=10.0)
+        response = await self._http().get(url, timeout=10.0)
         response.raise_for_status()
         payload = response.json()
         if not isinstance(payload, dict):

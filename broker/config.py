@@ -285,11 +285,13 @@ def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]
     )
 
 
-def load_settings(env: Mapping[str, str], *, check_only: bool = False) -> Settings:
+def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check_only: bool = False) -> Settings:
     """Build and validate :class:`Settings`; raise :class:`ConfigError` naming the bad setting.
 
     ``check_only``: for ``python -m broker check``, which authenticates no caller and so needs
     neither BROKER_TENANT_ID nor BROKER_AUDIENCE (they are still validated when set).
+
+    ``functions_host``: the app is being built by function_app.py, the Azure Functions entry point.
     """
     warnings: list[str] = []
     names = _split(env.get("BROKER_PROVIDERS", DEFAULT_PROVIDERS))
@@ -304,10 +306,18 @@ def load_settings(env: Mapping[str, str], *, check_only: bool = False) -> Settin
 
     running_in_azure = bool(env.get("WEBSITE_SITE_NAME", "").strip())
     auth_disabled = _flag(env, "BROKER_INSECURE_DISABLE_CALLER_AUTH")
-    if auth_disabled and running_in_azure:
+    functions_worker = bool(env.get("FUNCTIONS_WORKER_RUNTIME", "").strip())
+    if auth_disabled and (running_in_azure or functions_host or functions_worker):
+        where = (
+            "when running in Azure (WEBSITE_SITE_NAME is set)"
+            if running_in_azure
+            else "under the Azure Functions host (FUNCTIONS_WORKER_RUNTIME is set)"
+            if functions_worker
+            else "under the Azure Functions entry point (function_app.py)"
+        )
         raise ConfigError(
             "BROKER_INSECURE_DISABLE_CALLER_AUTH",
-            "is refused when running in Azure (WEBSITE_SITE_NAME is set); remove it from the app settings",
+            f"is refused {where}; it is for `python -m broker serve` on loopback only: remove it from the app settings",
         )
 
     verify_challenge = not env.get("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "").strip() or _flag(

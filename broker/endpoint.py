@@ -90,7 +90,7 @@ class TokenEndpoint:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Callable[[], httpx.AsyncClient],
         provider: ProviderConfig,
         *,
         budget_s: float,
@@ -168,7 +168,7 @@ class TokenEndpoint:
             # httpx's read timeout bounds each read, not the body: a body trickling in just under
             # it would outlast the budget, so the whole attempt gets what is left of the budget.
             async with asyncio.timeout(left):
-                async with self._http.stream(
+                async with self._http().stream(
                     "POST", self._provider.token_url, data=form, headers=headers, timeout=timeout
                 ) as response:
                     body = await _read_capped(response, self._host)

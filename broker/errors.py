@@ -7,6 +7,7 @@ value: only names, versions and upstream error codes.
 
     BrokerError
     ├── ConfigError                      start-up only: a setting is missing or invalid
+    ├── BrokerMisconfigured              503 broker_misconfigured: every request while a ConfigError stands
     ├── CallerError                      the request itself is wrong
     │   ├── InvalidRequest               400 invalid_request
     │   ├── HeadersTooLarge              431 invalid_request
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import re
 
+# A fix needs an operator and a restart: callers need not come back sooner.
+MISCONFIGURED_RETRY_AFTER_S = 300.0
 _OAUTH_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -62,6 +65,24 @@ class ConfigError(BrokerError):
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"{setting} {problem}")
         self.setting = setting
+
+
+class BrokerMisconfigured(BrokerError):
+    """The app started with an invalid configuration: every request answers this until it is fixed.
+
+    Names the setting, never its value (the operator's start-up log line has the whole problem).
+    """
+
+    status = 503
+    code = "broker_misconfigured"
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(
+            f"The broker cannot serve: its setting {error.setting} is missing or invalid. The operator finds "
+            "the problem in the app's start-up log, fixes the app setting and restarts the app.",
+            retry_after=MISCONFIGURED_RETRY_AFTER_S,
+        )
+        self.setting = error.setting
 
 
 class CallerError(BrokerError):

@@ -4,7 +4,13 @@ Order of checks, so an unauthenticated caller learns nothing: oversized headers 
 → caller token (401) → route and method (404/405) → parameters (400) → provider
 (404) → authorization (403) → token (200, or 502/503/504). ``/api/health`` is
 anonymous and touches nothing upstream. The one place errors become responses is
-:func:`error_response`.
+:func:`error_response`, and every response leaves through :meth:`BrokerApp.__call__`,
+which gives it ``X-Request-Id`` and ``Cache-Control: no-store`` and strips a HEAD body.
+
+No framework routing: the app answers every method and path itself (TRACE, ``*``), so
+no reply is ever a framework's plain-text page. The ASGI lifespan is acknowledged and
+otherwise ignored: the broker belongs to the process, and its owner closes it (see
+:mod:`broker.startup`). The Functions worker may start the lifespan more than once.
 """
 
 from __future__ import annotations
@@ -14,20 +20,26 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from broker.cache import Served
 from broker.caller_auth import Caller
 from broker.config import PROVIDER_NAME
-from broker.errors import BrokerError, HeadersTooLarge, InvalidCallerToken, InvalidRequest, NotFound
+from broker.errors import (
+    BrokerError,
+    BrokerMisconfigured,
+    ConfigError,
+    HeadersTooLarge,
+    InvalidCallerToken,
+    InvalidRequest,
+    NotFound,
+)
 from broker.runtime import Broker
 from broker.tokens import Token
 
@@ -74,6 +86,14 @@ def error_response(error: BrokerError, request_id: str) -> JSONResponse:
     )
 
 
+def _method_not_allowed(allowed: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": "method_not_allowed", "error_description": f"Use {allowed.replace(', ', ' or ')}."},
+        status_code=405,
+        headers={"Allow": allowed},
+    )
+
+
 def _internal_error(request_id: str) -> JSONResponse:
     return JSONResponse(
         {
@@ -81,7 +101,6 @@ def _internal_error(request_id: str) -> JSONResponse:
             "error_description": f"The broker failed unexpectedly; the operator finds request {request_id} in its log.",
         },
         status_code=500,
-        headers={**NO_STORE, REQUEST_ID_HEADER: request_id},
     )
 
 
@@ -112,21 +131,91 @@ def _query(request: Request) -> tuple[int, bool]:
     return int(min_validity), force in ("true", "1")
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if given and _REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
+@dataclass(frozen=True)
+class RequestIds:
+    """``echo`` goes back in X-Request-Id: the caller's own id if it sent a sane one, for correlation.
+    ``own`` is always the broker's, logged beside it, so no caller can collide with another's log lines."""
+
+    echo: str
+    own: str
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestIds:
+        own = secrets.token_hex(16)
+        given = ""
+        for key, value in scope["headers"]:
+            if key.lower() == b"x-request-id":
+                given = value.decode("latin-1")
+                break
+        return cls(given if _REQUEST_ID.fullmatch(given) else own, own)
 
 
-def create_app(broker: Broker) -> Starlette:
+async def acknowledge_lifespan(receive: Receive, send: Send) -> None:
+    """Answer lifespan messages and do nothing else: no startup work, and above all no shutdown work."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class _Surface:
+    """What every response gets, whichever route or failure made it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await acknowledge_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets: not served; the server closes the connection
+        ids = RequestIds.of(scope)
+        response = await self.respond(Request(scope, receive), ids)
+        response.headers.setdefault(REQUEST_ID_HEADER, ids.echo)
+        for key, value in NO_STORE.items():
+            response.headers.setdefault(key, value)
+        head = scope["method"] == "HEAD"
+
+        async def send_without_head_body(message: Message) -> None:
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await response(scope, receive, send_without_head_body)
+
+    async def respond(self, request: Request, ids: RequestIds) -> Response:
+        raise NotImplementedError
+
+
+class MisconfiguredApp(_Surface):
+    """Served instead of the broker when the configuration is invalid: every request, /api/health
+    included, answers 503 ``broker_misconfigured`` naming the setting, so probes and callers see it."""
+
+    def __init__(self, error: ConfigError) -> None:
+        self.error = BrokerMisconfigured(error)
+
+    async def respond(self, request: Request, ids: RequestIds) -> Response:
+        log.info("request id=%s broker_id=%s outcome=%s", ids.echo, ids.own, self.error.code)
+        return error_response(self.error, ids.echo)
+
+
+class BrokerApp(_Surface):
     """The broker's ASGI application."""
 
-    async def health(request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return JSONResponse({"error": "method_not_allowed"}, status_code=405, headers={"Allow": "GET, HEAD"})
-        return JSONResponse({"status": "ok"}, headers=NO_STORE)
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
 
-    async def dispatch(request: Request) -> Response:
-        request_id = _request_id(request)
+    async def respond(self, request: Request, ids: RequestIds) -> Response:
+        if request.scope["path"] == "/api/health":
+            if request.method not in ("GET", "HEAD"):
+                return _method_not_allowed("GET, HEAD")
+            return JSONResponse({"status": "ok"})
+        return await self.dispatch(request, ids)
+
+    async def dispatch(self, request: Request, ids: RequestIds) -> Response:
+        broker = self.broker
+        request_id = ids.echo
         started = time.perf_counter()
         caller: Caller | None = None
         provider = "-"
@@ -144,11 +233,8 @@ def create_app(broker: Broker) -> Starlette:
             if match is None:
                 raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
             if request.method not in ("GET", "POST"):
-                return JSONResponse(
-                    {"error": "method_not_allowed", "error_description": "Use GET or POST."},
-                    status_code=405,
-                    headers={"Allow": "GET, POST", REQUEST_ID_HEADER: request_id},
-                )
+                outcome = "method_not_allowed"
+                return _method_not_allowed("GET, POST")
             min_validity, force = _query(request)
             name = match.group(1)
             if not PROVIDER_NAME.fullmatch(name):
@@ -158,9 +244,7 @@ def create_app(broker: Broker) -> Starlette:
             now = broker.clock()
             outcome = served.outcome
             broker.telemetry.token_served(name, served, now)
-            response: Response = JSONResponse(
-                token_body(served.token, now), headers={**NO_STORE, REQUEST_ID_HEADER: request_id}
-            )
+            response: Response = JSONResponse(token_body(served.token, now))
             if served.stale_reason is not None:
                 response.headers[STALE_HEADER] = served.stale_reason.code
             return response
@@ -169,16 +253,18 @@ def create_app(broker: Broker) -> Starlette:
             if provider != "-":
                 broker.telemetry.token_failed(provider, error)
             if error.status >= 500:
-                errors_log.error("request %s: %s %s", request_id, error.code, error.description)
+                errors_log.error("request %s broker_id=%s: %s %s", request_id, ids.own, error.code, error.description)
             return error_response(error, request_id)
         except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
             outcome = "internal_error"
-            errors_log.exception("request %s failed unexpectedly", request_id)
-            return _internal_error(request_id)
+            errors_log.exception("request %s broker_id=%s failed unexpectedly", request_id, ids.own)
+            return _internal_error(ids.own)
         finally:
             log.info(
-                "request id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s token=%s latency_ms=%.1f",
+                "request id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s token=%s "
+                "latency_ms=%.1f",
                 request_id,
+                ids.own,
                 provider,
                 caller.oid if caller else "-",
                 caller.app_id if caller else "-",
@@ -187,16 +273,7 @@ def create_app(broker: Broker) -> Starlette:
                 (time.perf_counter() - started) * 1000,
             )
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await broker.aclose()
 
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-    routes = [
-        Route("/api/health", health, methods=methods),
-        Route("/{path:path}", dispatch, methods=methods),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.broker = broker
-    return app
+def create_app(broker: Broker) -> BrokerApp:
+    """The broker's ASGI application (no lifespan work: the caller owns ``broker`` and closes it)."""
+    return BrokerApp(broker)

@@ -19,6 +19,7 @@ from broker.caller_auth import LOCAL_DEVELOPER, Caller, CallerAuthenticator, Sig
 from broker.config import ProviderConfig, Settings
 from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import NotFound
+from broker.httpclient import SharedClient
 from broker.secrets import SecretStore, build_secret_store
 from broker.source import KEY_VAULT_BUDGET_S, TokenSource
 from broker.telemetry import Telemetry
@@ -55,12 +56,8 @@ class Broker:
         self.settings = settings
         self.clock = o.clock
         self.telemetry = o.telemetry or Telemetry()
-        # One client for the token endpoints and Entra metadata; explicit timeouts everywhere.
-        self.http = o.http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-        )
+        # One client for the token endpoints and Entra metadata, for the life of the process.
+        self.http = SharedClient(o.http)
         client_options = {} if settings.key_vault_verify_challenge else {"verify_challenge_resource": False}
         client_options.update(o.secret_client_options or {})
         self.secrets = o.secret_store or build_secret_store(
@@ -113,4 +110,6 @@ class Broker:
         return await provider.cache.get(min_validity=min_validity, force=force)
 
     async def aclose(self) -> None:
+        """Close the shared clients. Only the process's owner calls this, once, at a real shutdown
+        (``serve`` after uvicorn stops); no request or ASGI lifespan message does."""
         await self.http.aclose()

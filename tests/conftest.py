@@ -20,7 +20,6 @@ import pytest
 
 from broker.config import Settings, load_settings
 from broker.endpoint import RetryPolicy
-from broker.http import create_app
 from broker.runtime import Broker, Overrides
 from broker.standin.entra import EntraStandin
 from broker.standin.identity import ManagedIdentityServer
@@ -29,6 +28,7 @@ from broker.standin.oauth import TokenServer
 from broker.standin.serve import RunningServer, run_server
 from broker.standin.tls import PKIFiles, TestPKI
 from broker.telemetry import Telemetry
+from tests.hosts import HOSTS, open_host
 
 # Values that must never appear in a log record or an error body.
 SENSITIVE: set[str] = set()
@@ -219,7 +219,7 @@ async def broker(stack: Stack) -> AsyncIterator[Broker]:
 
 
 class Api:
-    """The broker's HTTP surface in process (ASGI), with every answer checked for leaks."""
+    """The broker's HTTP surface on one of the two hosts, with every answer checked for leaks."""
 
     def __init__(self, client: httpx.AsyncClient, stack: Stack) -> None:
         self.client = client
@@ -239,10 +239,17 @@ class Api:
         return response
 
 
+@pytest.fixture(params=HOSTS)
+def host(request: pytest.FixtureRequest, stack: Stack) -> str:
+    """Which host serves the broker in this test: every contract test runs on both (tests/hosts.py)."""
+    stack.export_environment()
+    return str(request.param)
+
+
 @pytest.fixture
-async def api(stack: Stack, broker: Broker) -> AsyncIterator[Api]:
-    transport = httpx.ASGITransport(app=create_app(broker))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+async def api(stack: Stack, broker: Broker, host: str) -> AsyncIterator[Api]:
+    """The broker's HTTP surface on ``host``, serving the test's ``broker``."""
+    async with open_host(host, broker) as client:
         yield Api(client, stack)
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.http import create_app
 from broker.runtime import Broker
 from tests.conftest import Api, Stack
+from tests.hosts import open_host
 
 
 class SimClock:
@@ -53,10 +53,12 @@ class TokenRequests:
 
 
 class Rig:
-    """A broker on the test stack with a movable clock and counted token requests, behind its HTTP surface."""
+    """A broker on the test stack with a movable clock and counted token requests, served by one of the hosts."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, host: str) -> None:
         self.stack = stack
+        self.host = host
+        self._exits = contextlib.AsyncExitStack()
         self.clock = SimClock()
         self.caller = stack.caller(expires_in=86400 * 30)
         self.attempts = TokenRequests(stack.token_url)
@@ -75,8 +77,7 @@ class Rig:
         overrides.setdefault("clock", self.clock)
         overrides.setdefault("http", http)
         self.broker = self.stack.broker(self.stack.settings(**changes), **overrides)
-        transport = httpx.ASGITransport(app=create_app(self.broker))
-        self._client = httpx.AsyncClient(transport=transport, base_url="http://broker.test")
+        self._client = await self._exits.enter_async_context(open_host(self.host, self.broker))
         self.api = Api(self._client, self.stack)
         return self
 
@@ -88,16 +89,15 @@ class Rig:
         return response, time.perf_counter() - started
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._exits.aclose()
         if self.broker is not None:
             await self.broker.aclose()
 
 
 @contextlib.asynccontextmanager
-async def rig_on(stack: Stack) -> AsyncIterator[Rig]:
-    """A not-yet-started rig, closed afterwards; the test starts it with the settings it needs."""
-    made = Rig(stack)
+async def rig_on(stack: Stack, host: str) -> AsyncIterator[Rig]:
+    """A not-yet-started rig on ``host``, closed afterwards; the test starts it with the settings it needs."""
+    made = Rig(stack, host)
     try:
         yield made
     finally:

@@ -376,12 +376,12 @@ def tls_tokens(servers: Servers) -> Iterator[tuple[TokenServer, RunningServer]]:
 
 @pytest.fixture
 async def context(
-    stack: Stack, tls_tokens: tuple[TokenServer, RunningServer], tmp_path: Path
+    stack: Stack, tls_tokens: tuple[TokenServer, RunningServer], tmp_path: Path, host: str
 ) -> AsyncIterator[Context]:
     app, running = tls_tokens
     app.accept(stack.client_id, stack.client_secret)
     with contextlib.ExitStack() as exits:
-        async with rig_on(stack) as rig:
+        async with rig_on(stack, host) as rig:
             yield Context(rig, exits, running.url + "/oauth/token", stack.servers.pki, tmp_path)
 
 
@@ -458,13 +458,13 @@ async def test_each_fault_with_a_valid_token_cached_still_answers_200(
 
 # --- rules around the matrix ------------------------------------------------------------------
 async def test_the_tls_token_endpoint_works_once_its_ca_is_trusted_through_ssl_cert_file(
-    stack: Stack, tls_tokens: tuple[TokenServer, RunningServer], monkeypatch: pytest.MonkeyPatch
+    stack: Stack, tls_tokens: tuple[TokenServer, RunningServer], monkeypatch: pytest.MonkeyPatch, host: str
 ) -> None:
     """The TLS failure above is a trust problem only: with SSL_CERT_FILE naming the CA, the same endpoint works."""
     app, running = tls_tokens
     app.accept(stack.client_id, stack.client_secret)
     monkeypatch.setenv("SSL_CERT_FILE", stack.servers.pki.ca)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start(settings={"BROKER_ILEVEL_TOKEN_URL": running.url + "/oauth/token"})
         response, _ = await rig.get()
     assert response.status_code == 200, response.text
@@ -473,11 +473,11 @@ async def test_the_tls_token_endpoint_works_once_its_ca_is_trusted_through_ssl_c
 
 
 async def test_invalid_client_rereads_key_vault_once_and_names_the_secrets_and_versions(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """A revoked secret: one token request, one re-read of each secret, and a 502 naming secrets and versions."""
     revoke_pair(stack)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get()
     assert response.status_code == 502
@@ -492,10 +492,12 @@ def revoke_pair(stack: Stack) -> None:
     stack.tokens.revoke(stack.client_id, stack.client_secret)
 
 
-async def test_a_rejected_secret_is_negative_cached_so_later_callers_make_no_token_request(stack: Stack) -> None:
+async def test_a_rejected_secret_is_negative_cached_so_later_callers_make_no_token_request(
+    stack: Stack, host: str
+) -> None:
     """Within 60 s of an invalid_client, callers get the 502 without any token request; after that it is retried."""
     revoke_pair(stack)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         first, _ = await rig.get()
         held, _ = await rig.get()  # inside the 10 s failure hold: not even a Key Vault read
@@ -510,10 +512,10 @@ async def test_a_rejected_secret_is_negative_cached_so_later_callers_make_no_tok
     assert rig.attempts.count == 2, "one request at the first failure, none while negative-cached, one after"
 
 
-async def test_a_new_secret_version_bypasses_the_negative_cache(stack: Stack) -> None:
+async def test_a_new_secret_version_bypasses_the_negative_cache(stack: Stack, host: str) -> None:
     """After a rejection, a new version in Key Vault is tried at the next fetch (past the 10 s hold), not after 60 s."""
     revoke_pair(stack)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         failed, _ = await rig.get()
         stack.rotate_secret()
@@ -524,10 +526,10 @@ async def test_a_new_secret_version_bypasses_the_negative_cache(stack: Stack) ->
     assert rig.attempts.count == 2
 
 
-async def test_a_stream_of_failing_callers_is_not_a_stream_of_upstream_requests(stack: Stack) -> None:
+async def test_a_stream_of_failing_callers_is_not_a_stream_of_upstream_requests(stack: Stack, host: str) -> None:
     """Thirty callers over 9 s while the endpoint answers 500: one fetch (three attempts), one read per secret."""
     stack.tokens.default_reply = Reply(500)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         statuses = []
         for _ in range(30):
@@ -539,10 +541,10 @@ async def test_a_stream_of_failing_callers_is_not_a_stream_of_upstream_requests(
     assert dict(stack.kv.reads) == {"ilevel-client-id": 1, SECRET: 1}
 
 
-async def test_a_held_failure_tells_the_caller_when_to_come_back(stack: Stack) -> None:
+async def test_a_held_failure_tells_the_caller_when_to_come_back(stack: Stack, host: str) -> None:
     """A caller arriving during the failure hold gets the same 503 with the Retry-After still to run."""
     stack.tokens.default_reply = Reply(503)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         await rig.get()
         rig.clock.advance(12)
@@ -551,9 +553,9 @@ async def test_a_held_failure_tells_the_caller_when_to_come_back(stack: Stack) -
     assert held.headers["retry-after"] == "18"
 
 
-async def test_an_expired_token_is_never_served_when_the_refresh_fails(stack: Stack) -> None:
+async def test_an_expired_token_is_never_served_when_the_refresh_fails(stack: Stack, host: str) -> None:
     """Stale-but-valid stops at expiry: past it, a failed refresh is a 503, not the old token."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         await rig.get()
         stack.tokens.default_reply = Reply(503)
@@ -563,10 +565,10 @@ async def test_an_expired_token_is_never_served_when_the_refresh_fails(stack: St
     assert response.json()["error"] == "upstream_unavailable"
 
 
-async def test_key_vault_forbidden_names_the_vault_and_the_identity(stack: Stack) -> None:
+async def test_key_vault_forbidden_names_the_vault_and_the_identity(stack: Stack, host: str) -> None:
     """A 403 from Key Vault says which vault and which managed identity (client id) needs the role."""
     stack.kv.forbid()
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get()
     description = response.json()["error_description"]
@@ -577,10 +579,10 @@ async def test_key_vault_forbidden_names_the_vault_and_the_identity(stack: Stack
     assert "Key Vault Secrets User" in description
 
 
-async def test_a_missing_secret_is_named(stack: Stack) -> None:
+async def test_a_missing_secret_is_named(stack: Stack, host: str) -> None:
     """A 404 from Key Vault names the missing secret."""
     stack.kv.delete(SECRET)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get()
     assert (response.status_code, response.json()["error"]) == (502, "secret_not_found")
@@ -588,13 +590,13 @@ async def test_a_missing_secret_is_named(stack: Stack) -> None:
 
 
 async def test_a_disabled_latest_version_falls_back_to_the_newest_enabled_one(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """Versions old, rotated and a newer disabled one: the rotated one is sent, with a warning."""
     rotated = stack.rotate_secret()
     newest = stack.kv.set_secret(SECRET, sensitive(secrets.token_urlsafe(24)))
     stack.kv.set_enabled(SECRET, newest, False)
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get()
     assert response.status_code == 200, response.text
@@ -609,10 +611,10 @@ def rotated_basic(stack: Stack, client_secret: str) -> str:
 
 
 async def test_a_failed_key_vault_reread_keeps_the_secrets_read_before(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """With Key Vault down at the next fetch, the secrets read earlier get a fresh token, with a warning."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         first, _ = await rig.get()
         stack.kv.default_reply = Reply(503)
@@ -642,10 +644,10 @@ ABUSE = {
 
 
 @pytest.mark.parametrize("case", list(ABUSE))
-async def test_caller_abuse_is_refused_without_fetching_anything(stack: Stack, case: str) -> None:
+async def test_caller_abuse_is_refused_without_fetching_anything(stack: Stack, case: str, host: str) -> None:
     """Oversized or malformed requests get 400 (431 for headers) and no token request or Key Vault read."""
     path, headers, status = ABUSE[case]
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get(path, headers=headers)
     assert response.status_code == status, response.text
@@ -654,9 +656,9 @@ async def test_caller_abuse_is_refused_without_fetching_anything(stack: Stack, c
     assert sum(stack.kv.reads.values()) == 0
 
 
-async def test_the_functions_key_parameter_is_allowed(stack: Stack) -> None:
+async def test_the_functions_key_parameter_is_allowed(stack: Stack, host: str) -> None:
     """``code`` (the Functions key) is the one extra query parameter accepted."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         response, _ = await rig.get("/api/token/ilevel?code=" + secrets.token_urlsafe(8) + "&min_validity=3600")
     assert response.status_code == 200
@@ -664,10 +666,10 @@ async def test_the_functions_key_parameter_is_allowed(stack: Stack) -> None:
 
 @pytest.mark.parametrize("value", ["true", "1"])
 async def test_force_refresh_fetches_once_per_30_seconds_and_otherwise_serves_the_cached_token(
-    stack: Stack, value: str
+    stack: Stack, value: str, host: str
 ) -> None:
     """force_refresh forces one new fetch; a second within 30 s gets 200 with the cached token; after 30 s it works."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         first, _ = await rig.get()
         forced, _ = await rig.get(f"/api/token/ilevel?force_refresh={value}")

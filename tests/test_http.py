@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from broker.config import log_warnings
-from broker.http import STALE_HEADER, create_app
+from broker.http import STALE_HEADER
 from tests.conftest import Api, Stack
+from tests.hosts import open_host
 
 
 async def test_returns_a_token_to_an_authorised_caller(api: Api, stack: Stack) -> None:
@@ -159,8 +160,7 @@ async def test_switching_caller_auth_off_locally_serves_without_a_token_and_says
     settings = stack.settings(BROKER_INSECURE_DISABLE_CALLER_AUTH="true")
     log_warnings(settings)
     broker = stack.broker(settings)
-    transport = httpx.ASGITransport(app=create_app(broker))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+    async with open_host("serve", broker) as client:
         response = await client.get("/api/token/ilevel")
     assert response.status_code == 200
     assert any("CALLER AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
@@ -183,3 +183,54 @@ async def test_a_simulated_hour_of_steady_traffic_waits_on_the_token_endpoint_on
     assert stack.tokens.request_count == 2  # the first fetch and one refresh-ahead ~330 s before expiry
     assert dict(stack.kv.reads) == {"ilevel-client-id": 2, "ilevel-client-secret": 2}
     await broker.aclose()
+
+
+# --- every response is well-formed, on both hosts ------------------------------------------------
+def assert_well_formed(response: httpx.Response) -> None:
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-request-id"]
+    if response.request.method == "HEAD":
+        assert response.content == b""
+    else:
+        body = response.json()
+        assert set(body) >= ({"status"} if response.status_code == 200 else {"error", "error_description"})
+
+
+async def test_head_answers_carry_no_body(api: Api, stack: Stack) -> None:
+    """HEAD /api/health is 200 with headers only; HEAD on the token route is a 405 with headers only."""
+    health = await api.get("/api/health", method="HEAD")
+    token = await api.get("/api/token/ilevel", method="HEAD", token=stack.caller())
+    assert (health.status_code, token.status_code) == (200, 405)
+    for response in (health, token):
+        assert_well_formed(response)
+    assert token.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "authenticated"),
+    [
+        ("GET", "/api/health", 200, False),
+        ("POST", "/api/health", 405, False),
+        ("TRACE", "/api/health", 405, False),
+        ("TRACE", "/api/token/ilevel", 405, True),
+        ("DELETE", "/api/token/ilevel", 405, True),
+        ("PROPFIND", "/api/token/ilevel", 405, True),
+        ("GET", "/api/nothing-here", 404, True),
+        ("GET", "/api/nothing-here", 401, False),
+        ("GET", "/", 401, False),
+    ],
+)
+async def test_every_answer_has_a_request_id_no_store_and_a_json_body(
+    api: Api, stack: Stack, method: str, path: str, status: int, authenticated: bool
+) -> None:
+    """Framework-level replies included (405s, unknown methods, 404s): X-Request-Id, no-store, JSON errors."""
+    response = await api.get(path, method=method, token=stack.caller() if authenticated else None)
+    assert response.status_code == status, response.text
+    assert_well_formed(response)
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_a_caller_request_id_is_echoed(api: Api, stack: Stack) -> None:
+    """A sane X-Request-Id from the caller comes back as is, for correlation."""
+    response = await api.get("/api/health", headers={"X-Request-Id": "adf-run-0123456789"})
+    assert response.headers["x-request-id"] == "adf-run-0123456789"

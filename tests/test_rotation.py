@@ -99,9 +99,11 @@ def rotation_summary(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         report(request.config, tmp_path_factory.getbasetemp(), "rotation-under-load", {"summary": RESULTS})
 
 
-async def test_scenario_1_a_new_version_is_used_from_the_next_fetch_with_no_failed_request(stack: Stack) -> None:
+async def test_scenario_1_a_new_version_is_used_from_the_next_fetch_with_no_failed_request(
+    stack: Stack, host: str
+) -> None:
     """A new version while the old still works, then the old revoked: no caller request fails."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         rotated: dict[str, str] = {}
         seen_before = 0
@@ -126,10 +128,11 @@ async def test_scenario_1_a_new_version_is_used_from_the_next_fetch_with_no_fail
 
 async def test_scenario_2_revoked_first_fails_at_most_the_requests_in_flight_and_only_with_502(
     stack: Stack,
+    host: str,
 ) -> None:
     """Old secret revoked upstream, refused at a fetch, then the new one stored: only that window may fail, with 502."""
     new_secret = sensitive(secrets.token_urlsafe(24))
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
 
         async def ops(load: Load) -> None:
@@ -160,10 +163,10 @@ async def test_scenario_2_revoked_first_fails_at_most_the_requests_in_flight_and
 
 
 async def test_scenario_3_a_wrong_new_version_is_reported_and_the_working_one_kept_with_no_failed_request(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """A typo in the new version: "rotation FAILED" is logged and callers keep getting tokens from the old secret."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
 
         async def ops(load: Load) -> None:
@@ -186,12 +189,12 @@ async def test_scenario_3_a_wrong_new_version_is_reported_and_the_working_one_ke
 
 
 async def test_a_fetch_rejected_mid_rotation_rereads_key_vault_and_retries_once_with_the_new_version(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """Scenario 2 in slow motion: the old pair is revoked while its request is in flight; the new version wins."""
     new_secret = sensitive(secrets.token_urlsafe(24))
     stack.tokens.latency_s = 0.2
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await rig.start()
         pending = asyncio.ensure_future(rig.get())
         await asyncio.sleep(0.1)
@@ -234,12 +237,12 @@ async def started(rig: Rig) -> Rig:
 
 
 async def test_rotation_check_verifies_a_working_new_version_in_one_line(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """A new version that the token endpoint accepts: one "rotation verified" line, one token request with it."""
     stack.rotate_secret()
     version = stack.kv.versions(SECRET)[-1]
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await started(rig)
         assert rig.broker is not None
         results = await check_rotation_event(rig.broker, event(version), subject=SECRET)
@@ -252,12 +255,12 @@ async def test_rotation_check_verifies_a_working_new_version_in_one_line(
 
 
 async def test_rotation_check_reports_a_wrong_new_version_as_failed_in_one_line(
-    stack: Stack, caplog: pytest.LogCaptureFixture
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:
     """A new version the token endpoint refuses: one "rotation FAILED" line naming the secret, version and reason."""
     stack.rotate_secret(accept=False)
     version = stack.kv.versions(SECRET)[-1]
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         await started(rig)
         assert rig.broker is not None
         results = await check_rotation_event(rig.broker, event(version), subject=SECRET)
@@ -280,10 +283,10 @@ async def test_rotation_check_reports_a_wrong_new_version_as_failed_in_one_line(
     ],
 )
 async def test_rotation_check_ignores_events_that_are_not_about_its_secrets(
-    stack: Stack, caplog: pytest.LogCaptureFixture, case: str, data: Any, event_type: str
+    stack: Stack, caplog: pytest.LogCaptureFixture, case: str, data: Any, event_type: str, host: str
 ) -> None:
     """Other event types, other vaults and unrelated secrets: nothing is read, requested or reported."""
-    async with rig_on(stack) as rig:
+    async with rig_on(stack, host) as rig:
         # Configured for an Azure vault that is never contacted: every one of these is ignored first.
         await rig.start(settings={"KEY_VAULT_URL": OUR_VAULT})
         assert rig.broker is not None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -16,14 +19,9 @@ import httpx
 import pytest
 from azure.core.credentials import AccessToken
 
-from broker.standin.serve import wait_until_healthy
 from tests.conftest import ROLE, Stack, leaks
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -36,22 +34,40 @@ def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
+def listening_url(process: subprocess.Popen[str], seen: list[str], timeout_s: float = 30.0) -> str | None:
+    """The URL the server logs once it listens (it binds port 0 itself: no free-port race), or None."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if not ready:
+            continue
+        line = process.stdout.readline()
+        if not line:
+            return None
+        seen.append(line)
+        match = LISTENING.search(line)
+        if match:
+            return match.group(1)
+    return None
+
+
 @pytest.fixture
 def served(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
     env = {**os.environ, **stack.env}
     env.update(
         REQUESTS_CA_BUNDLE=stack.servers.pki.ca,
         BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE="false",
     )
-    process = start(env, "serve", "--host", "127.0.0.1", "--port", str(port))
-    base = f"http://127.0.0.1:{port}"
-    if not wait_until_healthy(base, process, timeout_s=20):
+    process = start(env, "serve", "--host", "127.0.0.1", "--port", "0")
+    seen: list[str] = []
+    base = listening_url(process, seen)
+    if base is None:
         process.kill()
-        pytest.fail(f"broker did not start: {process.communicate()[0][-2000:]}")
+        pytest.fail(f"broker did not start: {''.join(seen)[-2000:]}")
     yield base, process
     process.terminate()
-    output = process.communicate(timeout=10)[0]
+    output = "".join(seen) + process.communicate(timeout=10)[0]
     assert not leaks(output), "the server's log output leaks a secret or token"
 
 
@@ -74,7 +90,7 @@ def test_serve_returns_tokens_to_authenticated_callers_only(
 def test_switching_caller_auth_off_is_refused_on_a_non_loopback_address(stack: Stack) -> None:
     """BROKER_INSECURE_DISABLE_CALLER_AUTH with --host 0.0.0.0 exits with an error naming the setting."""
     env = {**os.environ, **stack.env, "BROKER_INSECURE_DISABLE_CALLER_AUTH": "true"}
-    process = start(env, "serve", "--host", "0.0.0.0", "--port", str(free_port()))
+    process = start(env, "serve", "--host", "0.0.0.0", "--port", "0")
     output = process.communicate(timeout=30)[0]
     assert process.returncode == 2
     assert "BROKER_INSECURE_DISABLE_CALLER_AUTH" in output
@@ -83,7 +99,7 @@ def test_switching_caller_auth_off_is_refused_on_a_non_loopback_address(stack: S
 def test_an_invalid_setting_stops_serve_with_its_name(stack: Stack) -> None:
     """A bad setting is reported in one line that names it, with no stack trace."""
     env = {**os.environ, **stack.env, "BROKER_ILEVEL_AUTH_METHOD": "basic"}
-    process = start(env, "serve", "--port", str(free_port()))
+    process = start(env, "serve", "--port", "0")
     output = process.communicate(timeout=30)[0]
     assert process.returncode == 2
     assert "BROKER_ILEVEL_AUTH_METHOD" in output
@@ -123,3 +139,23 @@ def test_the_python_caller_snippet_in_the_docs_gets_a_token(
     with pytest.raises(example.BrokerError) as raised:
         example.fetch_ilevel_token(base, "api://ilevel-token-broker/.default", EntraStandinCredential(stack, ()))
     assert (raised.value.status, raised.value.error) == (403, "insufficient_scope")
+
+
+def test_the_asterisk_request_target_gets_a_json_answer_with_the_usual_headers(
+    served: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """``OPTIONS * HTTP/1.1`` (no framework page): 401 JSON with X-Request-Id and no-store, like any path."""
+    base, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := connection.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    assert lines[0].startswith("HTTP/1.1 401")
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-request-id"]
+    assert set(json.loads(body)) == {"error", "error_description"}
