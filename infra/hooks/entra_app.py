@@ -214,10 +214,10 @@ class EntraApp:
         app, created = self.find_or_create_app()
         outcome = Outcome(app_id=app["appId"], app_id_uri="", created_app=created)
         outcome.app_id_uri = self.ensure_identifier_uri(app, tenant, just_created=created)
+        self.env_set("BROKER_APP_ID_URI", outcome.app_id_uri)
         outcome.role_changes = self.ensure_roles(app, just_created=created)
         sp, outcome.created_service_principal = self.ensure_service_principal(app["appId"])
         outcome.granted = self.grant_callers(sp["id"], self.current_roles(app))
-        self.env_set("BROKER_APP_ID_URI", outcome.app_id_uri)
         self.env_set("BROKER_PROVIDER_SETTINGS", encode_settings(self.config.provider_settings))
         return outcome
 
