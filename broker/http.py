@@ -54,6 +54,8 @@ DEFAULT_MIN_VALIDITY_S = 300
 # "code" is the Functions key, should anyone switch key auth on.
 QUERY_PARAMETERS = frozenset({"min_validity", "force_refresh", "code"})
 STALE_HEADER = "X-Broker-Token-Stale"
+# A force_refresh that was rate-limited still gets 200 and the cached token; this says so, and when.
+FORCE_HEADER = "X-Broker-Force-Refresh"
 REQUEST_ID_HEADER = "X-Request-Id"
 REALM = "ilevel-token-broker"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -247,6 +249,8 @@ class BrokerApp(_Surface):
             response: Response = JSONResponse(token_body(served.token, now))
             if served.stale_reason is not None:
                 response.headers[STALE_HEADER] = served.stale_reason.code
+            if served.force_refused_retry_after is not None:
+                response.headers[FORCE_HEADER] = f"refused; retry-after={served.force_refused_retry_after}"
             return response
         except BrokerError as error:
             outcome = error.code

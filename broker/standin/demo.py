@@ -4,15 +4,20 @@ STAND-IN for local development only; never used in production. Two stand-ins run
 beside the real broker: a sample OAuth2 token endpoint playing iLevel, and an
 Entra-style metadata/JWKS server that signs a caller token. Secrets come from the
 environment (no KEY_VAULT_URL), exactly as documented for local development. The
-broker itself is the production app (create_app + Broker) under uvicorn.
+broker itself is the production app under the same uvicorn configuration as
+``python -m broker serve`` (broker.serving). The port is bound first, so a busy port is
+one line and nothing else; the banner prints once the broker is listening.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
 import logging
 import os
 import secrets
+import socket
 import sys
 
 import uvicorn
@@ -20,25 +25,69 @@ import uvicorn
 from broker.config import load_settings, local_secret_variable, log_warnings
 from broker.http import create_app
 from broker.runtime import Broker
+from broker.serving import BrokerServer, server_config
+from broker.standin.dataapi import DataApi
 from broker.standin.entra import EntraStandin
 from broker.standin.oauth import TOKEN_PATH, TokenServer
 from broker.standin.serve import run_server
+from broker.startup import quiet_libraries
 
 AUDIENCE = "api://ilevel-token-broker"
 ROLE = "Token.Read.ilevel"
 CALLER_TOKEN_LIFETIME_S = 8 * 3600
 
 
+def listen_socket(port: int) -> socket.socket:
+    """Bind 127.0.0.1:port now, so a busy port is known before anything starts or prints."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _DemoServer(BrokerServer):
+    """Prints the banner once the broker is listening, and only then."""
+
+    def __init__(self, config: uvicorn.Config, broker: Broker, banner: str) -> None:
+        super().__init__(config, broker)
+        self._banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            print(self._banner, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the broker against local stand-ins (no Azure needed).")
-    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--port", type=int, default=7071, help="0 picks a free port")
     args = parser.parse_args(argv)
+    try:
+        listener = listen_socket(args.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"make run: port {args.port} on 127.0.0.1 is already in use (another make run?); "
+                "stop that, or pick another port: make run PORT=8080",
+                file=sys.stderr,
+            )
+        else:
+            print(f"make run: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    port = int(listener.getsockname()[1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_libraries()
 
     ilevel = TokenServer()
     entra = EntraStandin()
     ilevel_server = run_server(ilevel)
+    data_api = DataApi(ilevel)
+    data_api_server = run_server(data_api)
+    data_api.public_url = data_api_server.url
     entra_server = run_server(entra)
     entra.authority = entra_server.url
 
@@ -54,32 +103,49 @@ def main(argv: list[str] | None = None) -> int:
             "BROKER_PROVIDERS": "ilevel",
             "BROKER_ILEVEL_TOKEN_URL": ilevel_server.url + TOKEN_PATH,
             "BROKER_ILEVEL_ALLOWED_ROLES": ROLE,
+            # Both routes, so the token curl and the proxy curl in the banner each work.
+            "BROKER_ILEVEL_MODE": "both",
+            "BROKER_ILEVEL_API_BASE_URL": data_api.base_url,
         }
     )
     os.environ.pop("KEY_VAULT_URL", None)
-    settings = load_settings(os.environ)
-    log_warnings(settings)
-    caller = entra.mint(entra.tenant_id, aud=AUDIENCE, roles=[ROLE], expires_in=CALLER_TOKEN_LIFETIME_S)
+    try:
+        settings = load_settings(os.environ)
+        log_warnings(settings)
+        caller = entra.mint(entra.tenant_id, aud=AUDIENCE, roles=[ROLE], expires_in=CALLER_TOKEN_LIFETIME_S)
+        broker = Broker(settings)
+        config = server_config(create_app(broker), host="127.0.0.1", port=port)
+        server = _DemoServer(
+            config,
+            broker,
+            banner(port, ilevel_server.url, entra_server.url, entra.tenant_id, caller, data_api.base_url),
+        )
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(server.run_until_stopped(sockets=[listener]))
+    finally:
+        listener.close()
+        ilevel_server.stop()
+        data_api_server.stop()
+        entra_server.stop()
+    return 0 if server.started else 1
 
-    base = f"http://127.0.0.1:{args.port}"
-    print(
+
+def banner(port: int, ilevel_url: str, entra_url: str, tenant: str, caller: str, api_url: str = "") -> str:
+    base = f"http://127.0.0.1:{port}"
+    return (
         "\n"
-        "iLevel token broker: local run on an embedded default\n"
-        f"  STAND-IN iLevel token endpoint (sample OAuth2 server): {ilevel_server.url}{TOKEN_PATH}\n"
-        f"  STAND-IN Entra ID metadata and signing keys:          {entra_server.url}/{entra.tenant_id}/\n"
+        f"iLevel token broker: listening on {base} (local run on an embedded default)\n"
+        f"  STAND-IN iLevel token endpoint (sample OAuth2 server): {ilevel_url}{TOKEN_PATH}\n"
+        f"  STAND-IN Entra ID metadata and signing keys:          {entra_url}/{tenant}/\n"
+        f"  STAND-IN iLevel data API (the proxy route's upstream): {api_url}\n"
         "  Secrets: from the environment (no KEY_VAULT_URL), generated for this run\n"
         f"  Caller token: a stand-in Entra token with role {ROLE}, valid {CALLER_TOKEN_LIFETIME_S // 3600} h\n"
-        "\nTry it:\n"
+        "\nTry it (from another terminal):\n"
         f"  curl -s {base}/api/health\n"
-        f"  curl -s -H 'Authorization: Bearer {caller}' '{base}/api/token/ilevel'\n",
-        flush=True,
+        f"  curl -s -H 'Authorization: Bearer {caller}' '{base}/api/token/ilevel'\n"
+        f"  curl -s -H 'Authorization: Bearer {caller}' '{base}/api/proxy/ilevel/entities/assets?page%5Bsize%5D=5'\n"
+        "\nStop it with Ctrl+C.\n"
     )
-    try:
-        uvicorn.run(create_app(Broker(settings)), host="127.0.0.1", port=args.port, log_config=None, access_log=False)
-    finally:
-        ilevel_server.stop()
-        entra_server.stop()
-    return 0
 
 
 if __name__ == "__main__":
