@@ -1,4 +1,4 @@
-"""``python -m bench`` (``make bench``): run the five benches, print one table, write bench/results/latest.json.
+"""``python -m bench`` (``make bench``): run the seven benches, print one table, write bench/results/latest.json.
 
 ``--smoke`` runs every bench with tiny parameters (seconds, not minutes); ``--only NAME``
 runs some of them. Absolute numbers depend on a shared, noisy machine: read the ratios.
@@ -17,30 +17,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import burst, coldstart, day, inprocess, throughput
+from bench import burst, coldstart, day, functions, inprocess, proxy, throughput
 from bench.stack import StandIns, environment, standins
 from bench.stats import Figure, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("throughput", "inprocess", "burst", "day", "coldstart")
+BENCHES = ("functions", "throughput", "inprocess", "burst", "day", "coldstart", "proxy")
 
 
 def plans(smoke: bool, log_dir: Path | None) -> dict[str, Callable[[StandIns], dict[str, Any]]]:
     """Each bench's parameters: the full run (under 5 minutes on 2 cores) or the smoke run."""
     if smoke:
         return {
+            "functions": lambda s: functions.run(s, rounds=1, requests=50, burst=20),
             "throughput": lambda s: throughput.run(s, rounds=1, duration_s=0.5, connections=4, warmup_s=0.1),
             "inprocess": lambda s: inprocess.run(s, rounds=1, requests=50),
             "burst": lambda s: burst.run(s, rounds=1, size=40),
             "day": lambda s: day.run(s, hours=2, latency_s=0.02),
             "coldstart": lambda s: coldstart.run(s, runs=1, importtime=False),
+            "proxy": lambda s: proxy.run(
+                s, rounds=1, duration_s=0.5, connections=4, warmup_s=0.1, body_bytes=2 * 1024 * 1024, burst=20
+            ),
         }
     return {
+        "functions": lambda s: functions.run(s, log_dir=log_dir),
         "throughput": lambda s: throughput.run(s, log_dir=log_dir),
         "inprocess": lambda s: inprocess.run(s, log_dir=log_dir),
         "burst": lambda s: burst.run(s, log_dir=log_dir),
         "day": lambda s: day.run(s),
         "coldstart": lambda s: coldstart.run(s),
+        "proxy": lambda s: proxy.run(s, log_dir=log_dir),
     }
 
 

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from bench.stack import StandIns
-from broker.standin.serve import wait_until_healthy
 
 START_TIMEOUT_S = 30.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+LISTENING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
+def listening_url(log_path: Path, offset: int, process: subprocess.Popen[bytes], timeout_s: float) -> str | None:
+    """The URL ``serve`` logs (past ``offset`` of its log) once it listens on the port it bound itself:
+    port 0, so no free-port race."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        with log_path.open("rb") as written:
+            written.seek(offset)
+            match = LISTENING.search(written.read().decode("utf-8", errors="replace"))
+        if match:
+            return match.group(1)
+        time.sleep(0.02)
+    return None
 
 
 def cpu_pinning() -> tuple[int, int] | None:
@@ -34,31 +47,47 @@ def cpu_pinning() -> tuple[int, int] | None:
 
 
 @contextmanager
-def broker_process(servers: StandIns, *, log: IO[Any] | None = None, cpu: int | None = None) -> Iterator[str]:
-    """Start ``python -m broker serve`` wired to the stand-ins; yield its base URL once /api/health answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        command,
-        env=servers.broker_env(),
-        cwd=ROOT,
-        stdout=log or subprocess.DEVNULL,
-        stderr=log or subprocess.DEVNULL,
-    )
-    try:
-        if cpu is not None:
-            os.sched_setaffinity(process.pid, {cpu})
-        base = f"http://127.0.0.1:{port}"
-        if not wait_until_healthy(base, process, timeout_s=START_TIMEOUT_S):
-            raise RuntimeError(f"python -m broker serve did not start (exit code {process.poll()})")
-        yield base
-    finally:
-        process.terminate()
+def broker_process(
+    servers: StandIns,
+    *,
+    log: IO[Any] | None = None,
+    cpu: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> Iterator[str]:
+    """Start ``python -m broker serve`` wired to the stand-ins; yield its base URL once /api/health answers.
+
+    ``extra_env`` adds app settings (e.g. proxy mode); ``started`` receives the process (for its memory).
+    """
+    command = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with contextlib.ExitStack() as exits:
+        if log is None:
+            log = exits.enter_context(tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log"))
+        log.flush()
+        offset = os.path.getsize(log.name)
+        process = subprocess.Popen(
+            command,
+            env={**servers.broker_env(), **(extra_env or {})},
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+        if started is not None:
+            started.append(process)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if cpu is not None:
+                os.sched_setaffinity(process.pid, {cpu})
+            base = listening_url(Path(log.name), offset, process, START_TIMEOUT_S)
+            if base is None:
+                raise RuntimeError(f"python -m broker serve did not start (exit code {process.poll()})")
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def load(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench import burst, coldstart, day, inprocess, throughput
+from bench import burst, coldstart, day, functions, inprocess, throughput
 from bench.__main__ import main
 from bench.stack import StandIns, standins
 from bench.stats import Figure
@@ -45,6 +45,17 @@ def test_throughput_bench_measures_the_token_route_beside_health(bench_servers: 
     assert rps.ratio == pytest.approx(summary["token"]["rps"] / summary["health"]["rps"])
     assert rps.met is not None and rps.target == ">= 0.85x"
     assert record["details"]["upstream_token_requests"] == 1, "the whole load was served from one cached token"
+
+
+def test_functions_bench_measures_invocations_through_the_entry_point(bench_servers: StandIns) -> None:
+    """Through function_app: a cached-token invocation beside a health one, and a cold burst that fetches once."""
+    record = functions.run(bench_servers, rounds=1, requests=20, burst=25)
+    found = figures(record)
+    token = found["Functions entry point: cached-token invocation"]
+    assert token.unit == "µs" and token.baseline_name == "health invocation, same path"
+    assert found["Functions entry point: 25-invocation cold burst, token requests"].value == 1
+    assert found["Functions entry point: 25-invocation cold burst, Key Vault reads per secret"].value == 1
+    assert record["details"]["cold_burst"]["statuses"] == [200]
 
 
 def test_inprocess_bench_reports_microseconds_beside_an_empty_handler(bench_servers: StandIns) -> None:
