@@ -35,7 +35,7 @@ import httpx
 from broker.config import load_settings
 from broker.http import create_app
 from broker.runtime import Broker
-from broker.serving import BrokerServer, server_config
+from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS
 
 HOSTS = ("serve", "functions")
@@ -118,14 +118,16 @@ class _TestServer(BrokerServer):
 
 
 @contextlib.asynccontextmanager
-async def serve_host(broker: Broker | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def serve_host(
+    broker: Broker | None = None, *, limits: ServerLimits | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     if broker is None:
         broker = Broker(load_settings(os.environ))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = _TestServer(server_config(create_app(broker), host="127.0.0.1", port=port), broker)
+    server = _TestServer(server_config(create_app(broker), host="127.0.0.1", port=port, limits=limits), broker)
     task = asyncio.create_task(server.run_until_stopped(sockets=[listener]))
     try:
         for _ in range(2000):
