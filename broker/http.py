@@ -20,12 +20,13 @@ import math
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from broker.cache import Served
@@ -36,10 +37,14 @@ from broker.errors import (
     BrokerMisconfigured,
     ConfigError,
     HeadersTooLarge,
+    InsufficientScope,
     InvalidCallerToken,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
 )
+from broker.proxy import MAX_REQUEST_BODY_BYTES, Call, Forwarded, public_root, safe_path
+from broker.proxy.paths import forwarded_query
 from broker.runtime import Broker
 from broker.tokens import Token
 
@@ -60,6 +65,10 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REALM = "ilevel-token-broker"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
+PROXY_PREFIX = "/api/proxy/"
+PROXY_METHODS = "GET, HEAD, POST"
+# On every error the broker makes itself on the proxy route, so a caller can tell it from the API's own.
+BROKER_ERROR_HEADER = "X-Broker-Error"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 
@@ -79,7 +88,7 @@ def error_response(error: BrokerError, request_id: str) -> JSONResponse:
     headers[REQUEST_ID_HEADER] = request_id
     if isinstance(error, InvalidCallerToken):
         headers["WWW-Authenticate"] = f'Bearer realm="{REALM}", error="invalid_token"'
-    elif error.status == 403:
+    elif isinstance(error, InsufficientScope):
         headers["WWW-Authenticate"] = f'Bearer realm="{REALM}", error="insufficient_scope"'
     if error.retry_after is not None and error.status in (429, 503, 504):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
@@ -213,7 +222,98 @@ class BrokerApp(_Surface):
             if request.method not in ("GET", "HEAD"):
                 return _method_not_allowed("GET, HEAD")
             return JSONResponse({"status": "ok"})
+        if request.scope["path"].startswith(PROXY_PREFIX):
+            return await self.proxy(request, ids)
         return await self.dispatch(request, ids)
+
+    async def _caller(self, request: Request) -> Caller:
+        """431 for oversized headers, then 401 for the caller token: the first two checks of every route."""
+        if sum(len(k) + len(v) for k, v in request.headers.raw) > MAX_HEADER_BYTES:
+            raise HeadersTooLarge("The request headers are over 16 KiB.")
+        try:
+            return await self.broker.authenticate(request.headers.get("authorization"))
+        except InvalidCallerToken as error:
+            self.broker.telemetry.caller_rejected(error.reason)
+            raise
+
+    async def proxy(self, request: Request, ids: RequestIds) -> Response:
+        """``/api/proxy/{provider}/{path}``: 431 → 401 → 405 → 404 → 403 → mode → 400 path → 413 body → upstream."""
+        broker = self.broker
+        started = time.perf_counter()
+        caller: Caller | None = None
+        provider = "-"
+        path = "-"
+        status = 500
+        forwarded: Forwarded | None = None
+        try:
+            caller = await self._caller(request)
+            if request.method not in PROXY_METHODS.split(", "):
+                status = 405
+                response = _method_not_allowed(PROXY_METHODS)
+                response.headers[BROKER_ERROR_HEADER] = "method_not_allowed"
+                return response
+            # The raw path keeps the caller's percent-encoding (under uvicorn; the Functions host decodes it).
+            raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+            parts = raw.split(b"/", 4)  # b"", b"api", b"proxy", name, path
+            name = parts[3].decode("latin-1") if len(parts) > 3 else ""
+            if not PROVIDER_NAME.fullmatch(name):
+                raise NotFound(
+                    "This broker has no such provider. Check the provider name in the URL "
+                    "(/api/proxy/<provider>/<path>).",
+                    code="unknown_provider",
+                )
+            upstream = broker.proxy(caller, name)
+            provider = name
+            target = safe_path(parts[4] if len(parts) > 4 else b"")
+            path = "/" + target
+            body = await _proxied_body(request)
+            root = public_root(request.url.scheme, request.headers.get("host", ""), name)
+            if root is None:
+                raise InvalidRequest("The Host header is not a host name; the broker cannot build its links.")
+            forwarded = await upstream.forward(
+                Call(
+                    method=request.method,
+                    path=target,
+                    query=forwarded_query(request.scope.get("query_string", b"")),
+                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+                    body=body,
+                    request_id=ids.echo,
+                    root=root,
+                )
+            )
+            status = forwarded.status
+            return _forwarded_response(forwarded)
+        except BrokerError as error:
+            status = error.status
+            if error.status >= 500:
+                errors_log.error("proxy %s broker_id=%s: %s %s", ids.echo, ids.own, error.code, error.description)
+            response = error_response(error, ids.echo)
+            response.headers[BROKER_ERROR_HEADER] = error.code
+            return response
+        except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
+            errors_log.exception("proxy %s broker_id=%s failed unexpectedly", ids.echo, ids.own)
+            response = _internal_error(ids.own)
+            response.headers[BROKER_ERROR_HEADER] = "internal_error"
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            broker.telemetry.proxied(provider, status, elapsed)
+            log.info(
+                "proxy id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s method=%s path=%s status=%d "
+                "bytes=%d upstream_ms=%.1f token=%s latency_ms=%.1f",
+                ids.echo,
+                ids.own,
+                provider,
+                caller.oid if caller else "-",
+                caller.app_id if caller else "-",
+                request.method,
+                path,
+                status,
+                forwarded.size if forwarded else 0,
+                forwarded.upstream_latency_s * 1000 if forwarded else 0.0,
+                forwarded.token_fingerprint if forwarded else "-",
+                elapsed * 1000,
+            )
 
     async def dispatch(self, request: Request, ids: RequestIds) -> Response:
         broker = self.broker
@@ -276,6 +376,38 @@ class BrokerApp(_Surface):
                 served.token.access_token.fingerprint() if served else "-",
                 (time.perf_counter() - started) * 1000,
             )
+
+
+async def _proxied_body(request: Request) -> bytes:
+    """The request body, up to 1 MiB: 413 past that, by Content-Length or as it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BODY_BYTES:
+        raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BODY_BYTES:
+            raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _forwarded_response(forwarded: Forwarded) -> Response:
+    """The upstream's status, allowed headers and body; several chunks are sent as they are, not joined."""
+    response: Response
+    if len(forwarded.chunks) > 1:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in forwarded.chunks:
+                yield chunk
+
+        response = StreamingResponse(chunks(), status_code=forwarded.status)
+        response.raw_headers.append((b"content-length", str(forwarded.size).encode()))
+    else:
+        response = Response(forwarded.chunks[0] if forwarded.chunks else b"", status_code=forwarded.status)
+    response.raw_headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.headers)
+    return response
 
 
 def create_app(broker: Broker) -> BrokerApp:

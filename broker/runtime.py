@@ -18,8 +18,9 @@ from broker.cache import Served, TokenCache
 from broker.caller_auth import LOCAL_DEVELOPER, Caller, CallerAuthenticator, SigningKeys, authorize
 from broker.config import ProviderConfig, Settings
 from broker.endpoint import RetryPolicy, TokenEndpoint
-from broker.errors import NotFound
+from broker.errors import NotFound, TokenRouteDisabled
 from broker.httpclient import SharedClient
+from broker.proxy import ProviderProxy, build_client
 from broker.secrets import SecretStore, build_secret_store
 from broker.source import KEY_VAULT_BUDGET_S, TokenSource
 from broker.telemetry import Telemetry
@@ -39,6 +40,8 @@ class Overrides:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     telemetry: Telemetry | None = None
+    # Proxy mode's upstream client (no cookies, no redirects), e.g. one whose transport fails on cue.
+    proxy_http: httpx.AsyncClient | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,22 @@ class Broker:
                 clock=o.clock,
             )
             self.providers[name] = Provider(config, source, TokenCache(source.fetch, clock=o.clock))
+        # Proxy mode: its own client (cookies never kept, the proxy timeout), only if a provider needs it.
+        self.proxy_http: SharedClient | None = None
+        self.proxies: dict[str, ProviderProxy] = {}
+        if any(config.proxy_enabled for config in settings.providers.values()):
+            self.proxy_http = SharedClient(
+                o.proxy_http, factory=lambda: build_client(timeout_s=settings.proxy_timeout_s)
+            )
+            for name, provider in self.providers.items():
+                if provider.config.proxy_enabled:
+                    self.proxies[name] = ProviderProxy(
+                        provider.config,
+                        provider.cache,
+                        self.proxy_http,
+                        timeout_s=settings.proxy_timeout_s,
+                        max_response_bytes=settings.proxy_max_response_bytes,
+                    )
         self.authenticator: CallerAuthenticator | None = None
         if not settings.caller_auth_disabled:
             keys = SigningKeys(
@@ -109,9 +128,31 @@ class Broker:
     async def token(self, caller: Caller, name: str, *, min_validity: float, force: bool) -> Served:
         provider = self.provider(name)
         authorize(caller, provider.config, auth_disabled=self.settings.caller_auth_disabled)
+        if not provider.config.token_route_enabled:
+            raise TokenRouteDisabled(
+                f"Provider {name!r} is in proxy mode ({provider.config.setting('MODE')}=proxy): its token never "
+                f"leaves the broker. Send the request itself to /api/proxy/{name}/<path>, or ask the operator for "
+                "mode 'both'."
+            )
         return await provider.cache.get(min_validity=min_validity, force=force)
+
+    def proxy(self, caller: Caller, name: str) -> ProviderProxy:
+        """The provider's proxy, after the checks the token route makes: 404 unknown, 403, then the mode."""
+        provider = self.provider(name)
+        authorize(caller, provider.config, auth_disabled=self.settings.caller_auth_disabled)
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            raise NotFound(
+                f"Provider {name!r} is not in proxy mode: its proxy route is off. Get a token from "
+                f"/api/token/{name} instead, or ask the operator to set {provider.config.setting('MODE')} "
+                "to proxy or both.",
+                code="proxy_disabled",
+            )
+        return proxy
 
     async def aclose(self) -> None:
         """Close the shared clients. Only the process's owner calls this, once, at a real shutdown
         (``serve`` after uvicorn stops); no request or ASGI lifespan message does."""
         await self.http.aclose()
+        if self.proxy_http is not None:
+            await self.proxy_http.aclose()

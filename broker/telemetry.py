@@ -46,6 +46,12 @@ class Telemetry:
         self.auth_failures = meter.create_counter(
             "broker.caller_auth.failures", description="Rejected caller tokens by reason"
         )
+        self.proxy_requests = meter.create_counter(
+            "broker.proxy.requests", description="Proxied requests answered, by provider and status class"
+        )
+        self.proxy_duration = meter.create_histogram(
+            "broker.proxy.duration", unit="s", description="Proxied request latency, broker included"
+        )
         self.remaining = meter.create_histogram(
             "broker.token.remaining_lifetime", unit="s", description="Remaining token lifetime when served"
         )
@@ -57,6 +63,11 @@ class Telemetry:
 
     def token_failed(self, provider: str, error: BrokerError) -> None:
         self.served.add(1, {"provider": provider, "outcome": error.code})
+
+    def proxied(self, provider: str, status: int, duration_s: float) -> None:
+        attributes = {"provider": provider, "status_class": f"{status // 100}xx"}
+        self.proxy_requests.add(1, attributes)
+        self.proxy_duration.record(duration_s, attributes)
 
     def caller_rejected(self, reason: str) -> None:
         # The provider is not known yet: authentication comes before routing.

@@ -13,6 +13,7 @@ import asyncio
 import http.cookiejar
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -82,13 +83,16 @@ class Forwarded:
 
 
 class ProviderProxy:
-    """Forwards requests to one provider's API; at most ``proxy_concurrency`` in flight at once."""
+    """Forwards requests to one provider's API; at most ``proxy_concurrency`` in flight at once.
+
+    ``client`` returns the live proxy client (:class:`broker.httpclient.SharedClient`).
+    """
 
     def __init__(
         self,
         config: ProviderConfig,
         cache: TokenCache,
-        client: httpx.AsyncClient,
+        client: Callable[[], httpx.AsyncClient],
         *,
         timeout_s: float,
         max_response_bytes: int,
@@ -125,9 +129,10 @@ class ProviderProxy:
         started = time.perf_counter()
         response = await self._send(call, url, token)
         if response.status_code == 401:
-            await response.aclose()
             renewed = (await self._cache.renew(token)).token
+            # The same token back means the forced refresh was rate-limited: the 401 is passed through.
             if renewed != token:
+                await response.aclose()
                 log.info("proxy: %s answered 401; retrying once with a renewed token", self._host)
                 token = renewed
                 response = await self._send(call, url, token)
@@ -145,9 +150,10 @@ class ProviderProxy:
         ]
         attempts = 2 if call.method in _IDEMPOTENT else 1
         for attempt in range(1, attempts + 1):
-            request = self._client.build_request(call.method, url, headers=headers, content=call.body or None)
+            client = self._client()
+            request = client.build_request(call.method, url, headers=headers, content=call.body or None)
             try:
-                return await self._client.send(request, stream=True)
+                return await client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the API: the one case where a retry cannot repeat an effect.
                 if attempt < attempts:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import jwt
@@ -74,6 +74,10 @@ class DataApi(Scriptable):
         self.faults = FaultScript()
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
+        # Per ?tag=: requests being answered right now, and the most at once (what a concurrency
+        # limit must bound). Tagged, so a straggler from an earlier test does not count.
+        self._in_flight: dict[str, int] = {}
+        self._max_in_flight: dict[str, int] = {}
         self._app = Starlette(routes=[Route("/v1/{path:path}", self._endpoint, methods=_ANY_METHOD)])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,27 +105,45 @@ class DataApi(Scriptable):
         with self._lock:
             self.requests.clear()
             self._revoked.clear()
+            self._max_in_flight.clear()
         self.faults.clear()
+
+    def max_in_flight(self, tag: str) -> int:
+        """The most requests carrying ``?tag=<tag>`` that were being answered at once."""
+        with self._lock:
+            return self._max_in_flight.get(tag, 0)
 
     @property
     def authorized_requests(self) -> list[ApiRequest]:
-        return [r for r in self.requests if r.status != 401]
+        return [r for r in self.requests if r.status not in (0, 401)]
 
     # --- HTTP -----------------------------------------------------------------------------
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
-        response = await self._answer(request, body)
         raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        # Recorded on arrival (status 0 until answered), so a slow request belongs to the test that sent it.
         entry = ApiRequest(
             request.method,
             raw_path,
             request.scope.get("query_string", b"").decode("latin-1"),
             {k.lower(): v for k, v in request.headers.items()},
             body,
-            response.status_code,
+            0,
         )
+        tag = request.query_params.get("tag", "")
         with self._lock:
             self.requests.append(entry)
+            self._in_flight[tag] = self._in_flight.get(tag, 0) + 1
+            self._max_in_flight[tag] = max(self._max_in_flight.get(tag, 0), self._in_flight[tag])
+        try:
+            response = await self._answer(request, body)
+        finally:
+            with self._lock:
+                self._in_flight[tag] -= 1
+        with self._lock:
+            for index, seen in enumerate(self.requests):
+                if seen is entry:
+                    self.requests[index] = replace(entry, status=response.status_code)
         return response
 
     def _authenticated(self, request: Request) -> bool:
