@@ -8,7 +8,7 @@ import secrets
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import httpx
 import pytest
@@ -36,6 +36,14 @@ class Upstream:
 
 def upstream(stack: Stack) -> Upstream:
     return Upstream(stack.tokens.request_count, len(stack.kv.requests), len(stack.servers.identity.requests))
+
+
+def decodes_as_utf8(path: str) -> bool:
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def paths() -> st.SearchStrategy[str]:
@@ -114,6 +122,10 @@ def test_random_requests_never_500_never_go_upstream_unauthenticated_and_never_e
     if authorization is not None:
         sent_headers["Authorization"] = authorization
     url = path + ("?" + query if query else "")
+    if prepared.host == "functions" and not decodes_as_utf8(path):
+        # azure-functions' bridge decodes the path as UTF-8 before the app runs and raises on %ff;
+        # the host answers that itself. Nothing of the broker's runs, so there is nothing to check.
+        reject()
     before = upstream(stack)
 
     assert prepared.api is not None
