@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.proxy.links import Rewriter, is_json, public_root
 
@@ -41,7 +45,7 @@ def test_json_with_escaped_slashes_is_rewritten_too() -> None:
 def test_a_body_without_the_base_passes_byte_for_byte() -> None:
     """Nothing to rewrite means the exact bytes received, whitespace and key order included."""
     body = b'{ "b" : 1,\n "a" : "https://example.com/" }'
-    assert Rewriter(BASE, ROOT).json_body(body) is body
+    assert Rewriter(BASE, ROOT).json_body(body) == body
 
 
 def test_a_body_labelled_json_that_is_not_passes_unchanged() -> None:
@@ -85,3 +89,40 @@ def test_the_public_root_uses_the_host_the_caller_used() -> None:
     assert public_root("http", "127.0.0.1:7071", "ilevel") == "http://127.0.0.1:7071/api/proxy/ilevel/"
     assert public_root("https", "evil.example/x?", "ilevel") is None
     assert public_root("https", "a\r\nb", "ilevel") is None
+
+
+def reference(node: Any) -> Any:
+    """The contract read literally: parse, replace the prefix of every string value, keep keys."""
+    if isinstance(node, str):
+        return ROOT + node[len(BASE) :] if node.startswith(BASE) else node
+    if isinstance(node, list):
+        return [reference(item) for item in node]
+    if isinstance(node, dict):
+        return {key: reference(value) for key, value in node.items()}
+    return node
+
+
+TEXT = st.lists(
+    st.sampled_from(
+        [BASE, "https://api.ilevelsolutions.com/v1", "x", '"', "\\", ":", ",", "[", "/", " ", "\u00e9", "\n"]
+    ),
+    max_size=4,
+).map("".join)
+DOCUMENTS = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(TEXT, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(DOCUMENTS, st.sampled_from([None, 0, 2]), st.booleans(), st.booleans())
+def test_rewriting_the_text_equals_rewriting_the_parsed_document(
+    document: Any, indent: int | None, ascii_only: bool, escape_slashes: bool
+) -> None:
+    """Property: whatever the formatting (indent, \\u escapes, \\/ slashes), the result parses to the reference."""
+    text = json.dumps(document, indent=indent, ensure_ascii=ascii_only)
+    if escape_slashes:
+        text = text.replace("/", "\\/")
+    out = Rewriter(BASE, ROOT).json_body(text.encode("utf-8"))
+    assert json.loads(out) == reference(document)
