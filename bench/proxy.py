@@ -28,6 +28,7 @@ from broker.standin.serve import run_server
 PAGE_SIZE = 130  # assets per page: about 10 KB of JSON
 BODY_BYTES = 50 * 1024 * 1024
 BURST = 200
+SERIES = ("direct", "proxied", "direct_1", "proxied_1")
 
 
 def _ilevel_token(servers: StandIns) -> str:
@@ -83,12 +84,18 @@ def run(
                 if first.status_code != 200:
                     raise RuntimeError(f"the first proxied request failed: {first.status_code} {first.text[:200]}")
                 page_bytes = len(first.content)
-                runs: dict[str, list[dict[str, Any]]] = {"direct": [], "proxied": []}
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SERIES}
                 for _ in range(rounds):
-                    for name, url, header in (("direct", direct_url, ilevel), ("proxied", proxied_url, caller)):
+                    for name, url, header, width in (
+                        ("direct", direct_url, ilevel, connections),
+                        ("proxied", proxied_url, caller, connections),
+                        # One connection: no queueing, so the p50 difference is what the broker adds.
+                        ("direct_1", direct_url, ilevel, 1),
+                        ("proxied_1", proxied_url, caller, 1),
+                    ):
                         runs[name].append(
-                            load(url, duration_s=duration_s, connections=connections, caller=header, cpu=load_cpu,
-                                 warmup_s=warmup_s)
+                            load(url, duration_s=duration_s / 2 if width == 1 else duration_s, connections=width,
+                                 caller=header, cpu=load_cpu, warmup_s=warmup_s)
                         )  # fmt: skip
                 # Memory: one 50 MB body through the warm broker.
                 process = started[0]
@@ -137,9 +144,17 @@ def run(
         ),
         Figure(
             "proxy",
-            "proxy: p50 latency",
+            f"proxy: p50 latency, {connections} connections",
             summary["proxied"]["p50_ms"],
             summary["direct"]["p50_ms"],
+            "ms",
+            "same page from the API directly",
+        ),
+        Figure(
+            "proxy",
+            "proxy: p50 latency, 1 connection",
+            summary["proxied_1"]["p50_ms"],
+            summary["direct_1"]["p50_ms"],
             "ms",
             "same page from the API directly",
         ),
@@ -165,6 +180,7 @@ def run(
     details = {
         "summary": summary,
         "added_p50_ms": summary["proxied"]["p50_ms"] - summary["direct"]["p50_ms"],
+        "added_p50_ms_1_connection": summary["proxied_1"]["p50_ms"] - summary["direct_1"]["p50_ms"],
         "page_bytes": page_bytes,
         "rounds": runs,
         "memory": {"peak_rss_growth_bytes": grown, "body_bytes": body_bytes},
