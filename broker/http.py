@@ -267,7 +267,7 @@ class BrokerApp(_Surface):
             target = safe_path(parts[4] if len(parts) > 4 else b"")
             path = "/" + target
             body = await _proxied_body(request)
-            root = public_root(request.url.scheme, request.headers.get("host", ""), name)
+            root = public_root(request.scope.get("scheme", "http"), _caller_host(request.scope), name)
             if root is None:
                 raise InvalidRequest("The Host header is not a host name; the broker cannot build its links.")
             forwarded = await upstream.forward(
@@ -376,6 +376,19 @@ class BrokerApp(_Surface):
                 served.token.access_token.fingerprint() if served else "-",
                 (time.perf_counter() - started) * 1000,
             )
+
+
+def _caller_host(scope: Scope) -> str:
+    """The host the caller used: its Host header, else the scope's server (under Functions, the request URL's)."""
+    for key, value in scope["headers"]:
+        if key.lower() == b"host":
+            return str(value.decode("latin-1"))
+    server = scope.get("server")
+    if not server:
+        return ""
+    name, port = server
+    # The Functions bridge reports port 80 for a URL without one, https included: omit the defaults.
+    return str(name) if port in (80, 443, None) else f"{name}:{port}"
 
 
 async def _proxied_body(request: Request) -> bytes:

@@ -126,3 +126,17 @@ def test_rewriting_the_text_equals_rewriting_the_parsed_document(
         text = text.replace("/", "\\/")
     out = Rewriter(BASE, ROOT).json_body(text.encode("utf-8"))
     assert json.loads(out) == reference(document)
+
+
+def test_the_host_is_the_host_header_else_the_request_urls() -> None:
+    """Host header first; without one, the scope's server (the Functions bridge takes it from the request URL)."""
+    from broker.http import _caller_host
+
+    assert _caller_host({"headers": [(b"host", b"func-broker.azurewebsites.net")], "server": ("10.0.0.4", 8080)}) == (
+        "func-broker.azurewebsites.net"
+    )
+    assert _caller_host({"headers": [], "server": ("func-broker.azurewebsites.net", 80)}) == (
+        "func-broker.azurewebsites.net"
+    )
+    assert _caller_host({"headers": [], "server": ("localhost", 7071)}) == "localhost:7071"
+    assert _caller_host({"headers": [], "server": None}) == ""
