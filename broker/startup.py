@@ -94,11 +94,15 @@ class Process:
     """The ASGI app a host serves for the process's life, and the broker behind it (or why there is none)."""
 
     def __init__(self, broker: Broker | None, error: ConfigError | None = None) -> None:
-        if (broker is None) == (error is None):
-            raise ValueError("a Process has a broker or a configuration error, not both")
         self.error = error
         self.broker = broker
-        self._app: BrokerApp | MisconfiguredApp = BrokerApp(broker) if broker else MisconfiguredApp(error)  # type: ignore[arg-type]
+        self._app: BrokerApp | MisconfiguredApp
+        if broker is not None and error is None:
+            self._app = BrokerApp(broker)
+        elif broker is None and error is not None:
+            self._app = MisconfiguredApp(error)
+        else:
+            raise ValueError("a Process has a broker or a configuration error, not both")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._app(scope, receive, send)
@@ -111,10 +115,12 @@ class Process:
     async def rotation_check(self, event: _Event) -> None:
         """The Event Grid trigger's work, for events in the Event Grid or the CloudEvents 1.0 schema."""
         kind = event_type(event)
-        if self.broker is None:
-            assert self.error is not None
+        if self.error is not None or self.broker is None:
+            setting = self.error.setting if self.error is not None else "-"
             log.error(
-                "rotation check skipped (%s): %s", kind or "unknown event", BrokerMisconfigured(self.error).description
+                "rotation check skipped (%s): %s",
+                kind or "unknown event",
+                BrokerMisconfigured(ConfigError(setting, "")).description,
             )
             return
         await check_rotation_event(self.broker, event.get_json(), subject=event.subject or "", event_type=kind)
