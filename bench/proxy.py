@@ -4,22 +4,26 @@
   absolute links the broker rewrites) from the stand-in data API directly (with an iLevel token) and
   through ``python -m broker serve`` in proxy mode (with a caller token). Rounds alternate; medians.
 - **Memory.** The broker process's peak RSS (``VmHWM``) grows by how much when it passes one 50 MB
-  response on, against the body size.
+  response on, against the body size; and the peak of Python allocations (tracemalloc) when the
+  Functions entry point, invoked as the worker does, passes the same body (its bridge joins the body).
 - **Cold burst.** 200 concurrent proxied requests reach a fresh broker with an empty cache: token
   requests counted at the stand-in token endpoint (single-flight says 1).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
+import tracemalloc
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
+from bench.functions import fresh_function_app, invocation
 from bench.server import broker_process, cpu_pinning, load
-from bench.stack import StandIns
+from bench.stack import StandIns, environment
 from bench.stats import Figure, median
 from broker.standin.dataapi import DataApi
 from broker.standin.oauth import TOKEN_PATH
@@ -50,6 +54,29 @@ def _peak_rss_bytes(process: subprocess.Popen[bytes]) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+
+def _functions_peak_bytes(servers: StandIns, settings: dict[str, str], caller: str, size: int) -> int:
+    """Peak Python allocations (tracemalloc) while the Functions entry point passes one body of ``size`` bytes."""
+    with environment({**servers.broker_env(), **settings}), fresh_function_app() as module:
+        handler = {f.get_function_name(): f for f in module.app.get_functions()}["http_app_func"]
+        function = handler.get_user_function()
+
+        async def measure() -> int:
+            warm = await function(invocation("/api/proxy/ilevel/entities/assets", caller), None)
+            if warm.status_code != 200:
+                raise RuntimeError(f"the warm-up proxied invocation answered {warm.status_code}")
+            tracemalloc.start()
+            try:
+                answer = await function(invocation(f"/api/proxy/ilevel/large?bytes={size}", caller), None)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            if answer.status_code != 200 or len(answer.get_body()) != size:
+                raise RuntimeError(f"the large body came back as {answer.status_code}")
+            return peak
+
+        return asyncio.run(measure())
 
 
 def run(
@@ -112,6 +139,7 @@ def run(
                 if response.status_code != 200 or received != body_bytes:
                     raise RuntimeError(f"the large body came back as {response.status_code}, {received} bytes")
                 grown = _peak_rss_bytes(process) - before
+            functions_peak = _functions_peak_bytes(servers, settings, caller, body_bytes)
             # Cold burst: a fresh broker, an empty cache.
             with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings) as base:
                 servers.reset()
@@ -168,6 +196,14 @@ def run(
         ),
         Figure(
             "proxy",
+            f"proxy: Functions entry point, peak allocations passing a {body_bytes // (1024 * 1024)} MB body",
+            functions_peak / (1024 * 1024),
+            body_bytes / (1024 * 1024),
+            "MB",
+            "body size",
+        ),
+        Figure(
+            "proxy",
             f"proxy: cold burst of {burst}, token requests",
             token_requests,
             burst,
@@ -183,7 +219,11 @@ def run(
         "added_p50_ms_1_connection": summary["proxied_1"]["p50_ms"] - summary["direct_1"]["p50_ms"],
         "page_bytes": page_bytes,
         "rounds": runs,
-        "memory": {"peak_rss_growth_bytes": grown, "body_bytes": body_bytes},
+        "memory": {
+            "peak_rss_growth_bytes": grown,
+            "functions_peak_traced_bytes": functions_peak,
+            "body_bytes": body_bytes,
+        },
         "cold_burst": cold,
         "settings": {
             "rounds": rounds,
