@@ -395,13 +395,13 @@ async def _proxied_body(request: Request) -> bytes:
     """The request body, up to 1 MiB: 413 past that, by Content-Length or as it streams in."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_REQUEST_BODY_BYTES:
-        raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards.")
+        raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards; send a smaller one.")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_REQUEST_BODY_BYTES:
-            raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards.")
+            raise PayloadTooLarge("The request body is over 1 MiB, the most the proxy forwards; send a smaller one.")
         chunks.append(chunk)
     return b"".join(chunks)
 

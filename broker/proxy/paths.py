@@ -30,7 +30,10 @@ DROPPED_QUERY_KEYS = frozenset({"code"})
 
 
 def _refuse(why: str) -> InvalidRequest:
-    return InvalidRequest(f"The proxied path is refused: {why}. Nothing was sent upstream.")
+    return InvalidRequest(
+        f"The proxied path is refused: {why}. Nothing was sent upstream. Send the API's own path under "
+        "/api/proxy/<provider>/, e.g. /api/proxy/ilevel/entities/assets."
+    )
 
 
 def _layers(segment: bytes) -> list[bytes]:
