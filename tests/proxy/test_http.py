@@ -203,6 +203,16 @@ async def test_a_token_rejected_upstream_is_renewed_once_and_the_request_retried
     assert [r.status for r in data_api.requests] == [200, 401, 200]
 
 
+async def test_concurrent_401s_share_one_renewed_token(proxy: ProxyApi, stack: Stack, data_api: DataApi) -> None:
+    """Ten requests rejected at once: they join one fetch, so one new token request, and all get 200."""
+    caller = stack.caller()
+    assert (await proxy.get(ASSETS, token=caller)).status_code == 200
+    data_api.revoke_issued()
+    responses = await asyncio.gather(*(proxy.get(ASSETS, token=caller) for _ in range(10)))
+    assert [r.status_code for r in responses] == [200] * 10
+    assert stack.tokens.request_count == 2
+
+
 async def test_a_second_401_is_passed_through_and_the_forced_refresh_keeps_its_30_s_limit(
     proxy: ProxyApi, stack: Stack, data_api: DataApi
 ) -> None:
