@@ -360,6 +360,20 @@ async def test_paths_that_could_leave_the_api_root_are_refused_and_nothing_is_se
     assert stack.tokens.request_count == 0
 
 
+async def test_an_encoded_slash_is_refused_or_at_worst_a_plain_slash_inside_the_root(
+    proxy: ProxyApi, stack: Stack, data_api: DataApi
+) -> None:
+    """%2F: refused where the raw path is visible (serve); the Functions host decodes it first, so there it is
+    forwarded as a plain '/', which stays inside the API root (README, the deviation)."""
+    response = await proxy.get("/api/proxy/ilevel/entities%2Fassets", token=stack.caller())
+    if response.status_code == 400:
+        assert response.headers[BROKER_ERROR] == "invalid_request"
+        assert data_api.requests == []
+    else:
+        assert response.status_code == 200
+        assert [r.raw_path for r in data_api.requests] == ["/v1/entities/assets"]
+
+
 async def raw_path_status(api: ProxyApi, path: str, token: str) -> tuple[int, str | None]:
     """GET a path exactly as written, dot segments included (HTTP clients remove them before sending)."""
     transport = api.client._transport
