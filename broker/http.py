@@ -324,13 +324,7 @@ class BrokerApp(_Surface):
         outcome = "error"
         served: Served | None = None
         try:
-            if sum(len(k) + len(v) for k, v in request.headers.raw) > MAX_HEADER_BYTES:
-                raise HeadersTooLarge("The request headers are over 16 KiB.")
-            try:
-                caller = await broker.authenticate(request.headers.get("authorization"))
-            except InvalidCallerToken as error:
-                broker.telemetry.caller_rejected(error.reason)
-                raise
+            caller = await self._caller(request)
             match = _TOKEN_PATH.fullmatch(request.scope["path"])
             if match is None:
                 raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
