@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import logging
 import random
@@ -32,6 +31,7 @@ from broker.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.retry_after import parse_retry_after
 from broker.secrets import Credentials
 from broker.tokens import Secret, Token
 
@@ -47,10 +47,6 @@ USER_AGENT = "ilevel-token-broker/1.0"
 # Retry-After for an unreachable or timed-out endpoint with nothing better to go on; the cache
 # holds the failure this long, so an earlier retry would only get the same answer.
 UNAVAILABLE_RETRY_AFTER_S = 30
-# An upstream's Retry-After is honoured up to this long and passed on no longer: a caller is
-# never told to stay away for more than an hour by one answer.
-MAX_RETRY_AFTER_S = 3600
-_DELTA_SECONDS = re.compile(r"[0-9]+")
 # Echoed values shorter than this are not masked: they would garble the text and hide nothing.
 MIN_SCRUB_CHARS = 4
 
@@ -370,25 +366,3 @@ def _chain(exc: BaseException) -> list[BaseException]:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     return chain
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as delta-seconds (ASCII digits only) or an HTTP-date (RFC 9110 §10.2.3), capped.
-
-    ``str.isdigit`` is true for "²" and other Unicode digits that ``float`` refuses; anything
-    but ASCII digits or a date is ignored (None), and no value exceeds MAX_RETRY_AFTER_S.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        # Compare the digit count before converting: a 20-digit value is simply "too long".
-        return float(min(int(value), MAX_RETRY_AFTER_S)) if len(value) <= 9 else float(MAX_RETRY_AFTER_S)
-    if not value.isascii():
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        delay = when.timestamp() - now
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return min(max(0.0, delay), float(MAX_RETRY_AFTER_S))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +27,8 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 
 from broker.config import local_secret_variable
 from broker.errors import (
@@ -35,6 +39,7 @@ from broker.errors import (
     SecretNotFound,
     SecretStoreUnavailable,
 )
+from broker.retry_after import parse_retry_after
 from broker.tokens import Secret, fingerprint
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,10 @@ log = logging.getLogger(__name__)
 # policy does that within our budget, and a caller that still sees a 503 is told to
 # come back after this long.
 KEY_VAULT_RETRY_AFTER_S = 10
+# The longest the SDK's retry policy may sleep on Key Vault's Retry-After (its own backoff cap): two
+# retries stay inside the 15 s Key Vault budget, and no worker thread sleeps on after the caller left.
+SDK_RETRY_SLEEP_CAP_S = 4
+VAULT_RETRY_AFTER_HEADER = "x-broker-vault-retry-after"
 
 
 @dataclass(frozen=True)
@@ -266,12 +275,30 @@ def _is_disabled(exc: HttpResponseError) -> bool:
 
 
 def _retry_after(exc: AzureError) -> float | None:
+    """Key Vault's own Retry-After as :class:`RetryAfterGuard` read it (before capping the SDK's sleep)."""
     response = getattr(exc, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+    value = response.headers.get(VAULT_RETRY_AFTER_HEADER) if response is not None else None
+    return float(value) if value else None
+
+
+class RetryAfterGuard(SansIOHTTPPolicy[Any, Any]):
+    """Key Vault's Retry-After made safe for azure-core's retry policy, which sleeps for whatever it is told.
+
+    Only ASCII digits or an HTTP-date count (``inf``, ``1e400`` or ``²`` made the SDK raise, a 500);
+    the value the SDK sleeps on is capped so a retry fits the Key Vault budget, and the value Key Vault
+    gave (capped at an hour) is kept for the caller's Retry-After. Runs per retry, before the retry policy.
+    """
+
+    def on_response(self, request: PipelineRequest[Any], response: PipelineResponse[Any, Any]) -> None:
+        headers = response.http_response.headers
+        value = headers.get("Retry-After")
+        if value is None:
+            return
+        seconds = parse_retry_after(value, time.time())
+        del headers["Retry-After"]
+        if seconds is not None:
+            headers[VAULT_RETRY_AFTER_HEADER] = str(math.ceil(seconds))
+            headers["Retry-After"] = str(math.ceil(min(seconds, SDK_RETRY_SLEEP_CAP_S)))
 
 
 def _network_reason(exc: AzureError) -> str:
@@ -320,7 +347,8 @@ def secret_client(vault_url: str, identity_client_id: str | None, **options: Any
         "read_timeout": 5,
         "retry_total": 2,
         "retry_backoff_factor": 0.8,
-        "retry_backoff_max": 4,
+        "retry_backoff_max": SDK_RETRY_SLEEP_CAP_S,
+        "per_retry_policies": [RetryAfterGuard()],
     }
     kwargs.update(options)
     client: SecretClientLike = SecretClient(vault_url, credential, **kwargs)

@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from broker.endpoint import MAX_RETRY_AFTER_S, parse_retry_after
+from broker.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
 from broker.standin.faults import Reply
 from tests.conftest import Api, Stack, sensitive
 
@@ -96,5 +96,19 @@ async def test_an_odd_retry_after_on_a_503_is_still_a_503_with_a_sane_retry_afte
     stack.tokens.default_reply = Reply(status=503, json={"error": "busy"}, headers={"Retry-After": value})
     response = await api.get("/api/token/ilevel", token=stack.caller())
     assert (response.status_code, response.json()["error"]) == (503, "upstream_unavailable")
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isascii() and retry_after.isdigit() and 1 <= int(retry_after) <= MAX_RETRY_AFTER_S
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "²"])
+async def test_an_odd_retry_after_from_key_vault_is_still_a_503_with_a_sane_retry_after(
+    stack: Stack, api: Api, value: str
+) -> None:
+    """Key Vault throttling with a non-numeric or infinite Retry-After gives the caller a 503, never a 500."""
+    stack.kv.faults.default_reply = Reply(
+        status=429, json={"error": {"code": "Throttled", "message": "slow down"}}, headers={"Retry-After": value}
+    )
+    response = await api.get("/api/token/ilevel", token=stack.caller())
+    assert (response.status_code, response.json()["error"]) == (503, "key_vault_unavailable")
     retry_after = response.headers["retry-after"]
     assert retry_after.isascii() and retry_after.isdigit() and 1 <= int(retry_after) <= MAX_RETRY_AFTER_S
