@@ -20,7 +20,7 @@ import jwt
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 
 from broker.config import ProviderConfig, Settings, local_secret_variable
-from broker.endpoint import RetryPolicy, TokenEndpoint
+from broker.endpoint import RetryPolicy, TokenEndpoint, exception_chain
 from broker.errors import (
     BrokerError,
     InvalidTokenResponse,
@@ -186,7 +186,7 @@ async def _read_secrets(broker: Broker, name: str, report: CheckReport, env: Map
 
 
 def _secret_verdict(error: SecretError, settings: Settings, env: Mapping[str, str]) -> str:
-    chain = _chain(error)
+    chain = exception_chain(error)
     vault = urlsplit(settings.key_vault_url or "").netloc
     credential_error = next(
         (e for e in chain if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None),
@@ -367,13 +367,3 @@ async def _attempt(
         return await endpoint.request(credentials, auth_method=method, basic_encoding=encoding)
     except BrokerError as error:
         return error
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and its causes, outermost first."""
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return chain

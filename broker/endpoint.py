@@ -204,7 +204,7 @@ class TokenEndpoint:
         return headers, form
 
     def _network_error(self, exc: httpx.TransportError) -> Exception:
-        chain = _chain(exc)
+        chain = exception_chain(exc)
         tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
         if tls is not None:
             # A certificate problem won't fix itself on retry.
@@ -358,7 +358,7 @@ def _secret_forms(credentials: Credentials) -> re.Pattern[str]:
     return re.compile("|".join(re.escape(f) for f in ordered) or r"(?!)", re.IGNORECASE)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """The exception and its causes, outermost first."""
     chain: list[BaseException] = []
     seen: BaseException | None = exc
