@@ -367,7 +367,8 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
             raise ConfigError("BROKER_TENANT_ID", "is required: the Entra tenant id whose callers are accepted")
         if not audiences:
             raise ConfigError(
-                "BROKER_AUDIENCE", "is required: the accepted 'aud' values, e.g. api://ilevel-token-broker"
+                "BROKER_AUDIENCE",
+                "is required: the accepted 'aud' values, e.g. api://<tenantId>/ilevel-token-broker-<env>",
             )
     if tenant and not TENANT.fullmatch(tenant):
         raise ConfigError("BROKER_TENANT_ID", f"must be a tenant GUID or domain, got {tenant!r}")

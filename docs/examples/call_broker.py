@@ -1,7 +1,7 @@
 """Get an iLevel access token from the broker, from any Python code running with an Azure identity.
 
     from call_broker import fetch_ilevel_token
-    token = fetch_ilevel_token("https://func-broker-abc123.azurewebsites.net", "api://ilevel-token-broker-dev/.default")
+    token = fetch_ilevel_token("https://func-broker-abc123.azurewebsites.net", "api://<tenantId>/ilevel-token-broker-dev/.default")
 
 ``broker_url`` is the broker's base URL (scheme and host, no path); ``scope`` is the broker's
 App ID URI followed by ``/.default``. The credential defaults to DefaultAzureCredential: the

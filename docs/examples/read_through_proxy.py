@@ -2,7 +2,7 @@
 
     from read_through_proxy import iter_pages
     for page in iter_pages("https://func-broker-abc123.azurewebsites.net",
-                           "api://ilevel-token-broker-dev/.default", "entities/assets?page%5Bsize%5D=500"):
+                           "api://<tenantId>/ilevel-token-broker-dev/.default", "entities/assets?page%5Bsize%5D=500"):
         print(len(page["data"]))
 
 The broker must run the provider in proxy mode (``BROKER_ILEVEL_MODE=proxy`` or ``both``). The caller
