@@ -14,10 +14,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.http import REQUEST_ID_HEADER, create_app
+from broker.http import REQUEST_ID_HEADER
 from broker.telemetry import Telemetry, configure_exporter
 from broker.tokens import fingerprint
 from tests.conftest import Stack, leaks
+from tests.hosts import open_host
 
 
 class Metrics:
@@ -42,11 +43,11 @@ class Metrics:
 
 
 @pytest.fixture
-async def measured(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, Metrics]]:
+async def measured(stack: Stack, host: str) -> AsyncIterator[tuple[httpx.AsyncClient, Metrics]]:
+    """The broker on ``host`` (both, as every contract test), its instruments read from the real SDK."""
     metrics = Metrics()
     broker = stack.broker(telemetry=metrics.telemetry)
-    transport = httpx.ASGITransport(app=create_app(broker))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker.test") as client:
+    async with open_host(host, broker) as client:
         yield client, metrics
     await broker.aclose()
 
