@@ -1,4 +1,8 @@
-"""Bench 5: cold start. Import ``function_app`` and serve the first token request, in fresh interpreters.
+"""Bench 5: cold start. Import ``function_app`` and serve concurrent first token requests, in fresh interpreters.
+
+The host hands a cold instance the requests queued while it started, all at once: each run fires
+``calls`` concurrent first invocations (10 by default) and times the last answer; the stand-ins count
+the token requests they caused (single-flight: 1).
 
 Baseline: a bare one-route ``azure-functions`` app serving a trivial response the same way
 (``bench/bare_function_app.py``). Runs alternate broker / bare; each figure is the median.
@@ -23,11 +27,18 @@ from bench.stats import Figure, median
 TARGET_RATIO = 1.5
 
 
-def _child(servers: StandIns, kind: str, *, caller: str, importtime: bool = False) -> dict[str, Any]:
+def _child(servers: StandIns, kind: str, *, caller: str, calls: int = 1, importtime: bool = False) -> dict[str, Any]:
     env = servers.broker_env()
     env["BENCH_AUTHORIZATION"] = f"Bearer {caller}"
     env.pop("PYTHONPROFILEIMPORTTIME", None)
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "bench.coldstart_child", kind]
+    command = [
+        sys.executable,
+        *(["-X", "importtime"] if importtime else []),
+        "-m",
+        "bench.coldstart_child",
+        kind,
+        str(calls),
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     wall = time.perf_counter() - started
@@ -60,14 +71,16 @@ def heaviest_imports(report: str, *, top: int = 15) -> list[dict[str, Any]]:
     return [{"module": name, "level": level, "cumulative_ms": round(us / 1000, 1)} for us, level, name in found[:top]]
 
 
-def run(servers: StandIns, *, runs: int = 5, importtime: bool = True) -> dict[str, Any]:
+def run(servers: StandIns, *, runs: int = 5, calls: int = 10, importtime: bool = True) -> dict[str, Any]:
     """Measure; return the bench's JSON record (``figures`` and ``details``)."""
     caller = servers.caller()
     samples: dict[str, list[dict[str, Any]]] = {"broker": [], "bare": []}
     for _ in range(runs):
         servers.reset()
-        samples["broker"].append(_child(servers, "broker", caller=caller))
-        samples["bare"].append(_child(servers, "bare", caller=caller))
+        broker_run = _child(servers, "broker", caller=caller, calls=calls)
+        broker_run["token_requests"] = servers.token_requests
+        samples["broker"].append(broker_run)
+        samples["bare"].append(_child(servers, "bare", caller=caller, calls=calls))
     summary = {
         kind: {
             key: round(median([r[key] for r in results]), 4) for key in ("seconds", "import_seconds", "process_seconds")
@@ -78,7 +91,7 @@ def run(servers: StandIns, *, runs: int = 5, importtime: bool = True) -> dict[st
     figures = [
         Figure(
             "coldstart",
-            f"cold start: import + first token (median of {runs})",
+            f"cold start: import + {calls} concurrent first token requests (median of {runs})",
             summary["broker"]["seconds"] * 1000,
             summary["bare"]["seconds"] * 1000,
             "ms",

@@ -1,10 +1,11 @@
-"""One cold start, in a fresh interpreter: import an app module and serve its first request.
+"""One cold start, in a fresh interpreter: import an app module and serve its first requests.
 
-``python -m bench.coldstart_child broker`` imports ``function_app`` and sends GET
-/api/token/ilevel (caller token from ``BENCH_AUTHORIZATION``); ``... bare`` imports
-``bench.bare_function_app`` and sends GET /api/health. Both go through ``func.HttpRequest``
-to the function's user function, as the Functions Python worker does. Prints JSON:
-seconds from the first line of this module to the response, and the status.
+``python -m bench.coldstart_child broker [N]`` imports ``function_app`` and fires N (default 10)
+concurrent first invocations of GET /api/token/ilevel (caller token from ``BENCH_AUTHORIZATION``),
+as the host hands over the requests queued during a cold start; ``... bare [N]`` imports
+``bench.bare_function_app`` and fires N of GET /api/health. Both go through ``func.HttpRequest``
+to the function's user function, as the Functions Python worker does. Prints JSON: seconds from
+the first line of this module to the last response, and the statuses.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ APPS = {
 }
 
 
-def serve_first_request(kind: str) -> dict[str, Any]:
+def serve_first_requests(kind: str, calls: int) -> dict[str, Any]:
     module_name, function_name, url, with_caller = APPS[kind]
     module = importlib.import_module(module_name)
     imported = time.perf_counter()
@@ -39,15 +40,22 @@ def serve_first_request(kind: str) -> dict[str, Any]:
     request = func.HttpRequest(method="GET", url=url, headers=headers, body=b"")
     # AsgiFunctionApp's function takes (req, context); the bare route takes (req).
     arguments = (request, None) if with_caller else (request,)
-    response = asyncio.run(user_function(*arguments))
+
+    async def first_calls() -> list[int]:
+        responses = await asyncio.gather(*(user_function(*arguments) for _ in range(calls)))
+        return [response.status_code for response in responses]
+
+    statuses = asyncio.run(first_calls())
     done = time.perf_counter()
     return {
         "kind": kind,
+        "calls": calls,
         "seconds": done - STARTED,
         "import_seconds": imported - STARTED,
-        "status": response.status_code,
+        "status": 200 if set(statuses) == {200} else max(statuses),
+        "statuses": sorted(set(statuses)),
     }
 
 
 if __name__ == "__main__":
-    print(json.dumps(serve_first_request(sys.argv[1])))
+    print(json.dumps(serve_first_requests(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10)))
