@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from starlette.types import Receive, Scope, Send
 
 from broker.config import load_settings, log_warnings
-from broker.errors import BrokerMisconfigured, ConfigError
+from broker.errors import ConfigError
 from broker.http import BrokerApp, MisconfiguredApp
 from broker.rotation import check_rotation_event
 from broker.runtime import Broker
@@ -115,15 +115,11 @@ class Process:
     async def rotation_check(self, event: _Event) -> None:
         """The Event Grid trigger's work, for events in the Event Grid or the CloudEvents 1.0 schema."""
         kind = event_type(event)
-        if self.error is not None or self.broker is None:
-            setting = self.error.setting if self.error is not None else "-"
-            log.error(
-                "rotation check skipped (%s): %s",
-                kind or "unknown event",
-                BrokerMisconfigured(ConfigError(setting, "")).description,
-            )
+        app = self._app
+        if isinstance(app, MisconfiguredApp):
+            log.error("rotation check skipped (%s): %s", kind or "unknown event", app.error.description)
             return
-        await check_rotation_event(self.broker, event.get_json(), subject=event.subject or "", event_type=kind)
+        await check_rotation_event(app.broker, event.get_json(), subject=event.subject or "", event_type=kind)
 
 
 def start_functions(environ: Mapping[str, str] | None = None) -> Process:
