@@ -60,17 +60,17 @@ def stop_group(process: subprocess.Popen[str], sig: int = signal.SIGINT) -> int:
     return process.wait(timeout=30)
 
 
+def spawn(*command: str) -> subprocess.Popen[str]:
+    """A long-running command in its own process group, its stdout read line by line."""
+    return subprocess.Popen(
+        list(command), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True
+    )
+
+
 @pytest.fixture
 def make_run() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     # -o: the venv is already installed here; PORT=0 lets the broker bind any free port and say which.
-    process = subprocess.Popen(
-        ["make", "-s", "-o", ".venv/.installed", "run", "PORT=0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    process = spawn("make", "-s", "-o", ".venv/.installed", "run", "PORT=0")
     try:
         yield process, Lines(process)
     finally:
@@ -118,14 +118,7 @@ def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
 
 def test_the_token_server_stand_in_prints_settings_that_check_accepts() -> None:
     """`python -m broker.standin token-server` prints exports; `python -m broker check` with them is OK."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "broker.standin", "token-server"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    server = spawn(sys.executable, "-m", "broker.standin", "token-server")
     try:
         lines = Lines(server)
         lines.until("listening on http://127.0.0.1:")
