@@ -1,11 +1,15 @@
 """The HTTP surface: one ASGI app, hosted by Azure Functions and by uvicorn alike.
 
-Order of checks, so an unauthenticated caller learns nothing: oversized headers (431)
-→ caller token (401) → route and method (404/405) → parameters (400) → provider
-(404) → authorization (403) → token (200, or 502/503/504). ``/api/health`` is
-anonymous and touches nothing upstream. The one place errors become responses is
-:func:`error_response`, and every response leaves through :meth:`BrokerApp.__call__`,
-which gives it ``X-Request-Id`` and ``Cache-Control: no-store`` and strips a HEAD body.
+Every route has one shape (:class:`Route` in :data:`ROUTES`, run by :meth:`BrokerApp.handle`):
+oversized headers (431) → caller token (401) → the kinds of caller the route accepts
+(:class:`~broker.caller_auth.Accepts`: 401/403) → method (405) → the route's handler, whose
+order is parameters (400) → provider (404) → authorization (403) → the work (200, or
+502/503/504). A path no route claims is authenticated first and then 404, so an
+unauthenticated caller learns nothing. ``/api/health`` is anonymous and touches nothing
+upstream. Errors become responses in one place (:func:`error_response`), every response
+leaves through :func:`deliver` (``X-Request-Id``, ``Cache-Control: no-store``, no HEAD body),
+and every authenticated request writes one access line (:class:`Access`) after it is sent.
+A new route is a handler plus a :class:`Route` entry, nothing more.
 
 No framework routing: the app answers every method and path itself (TRACE, ``*``), so
 no reply is ever a framework's plain-text page. The ASGI lifespan is acknowledged and
