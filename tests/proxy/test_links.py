@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.proxy.links import Rewriter, is_json, public_root
+from broker.proxy.stream import REDACTED, JsonLinks, Redactor, token_forms
 
 BASE = "https://api.ilevelsolutions.com/v1/"
 ROOT = "https://func-broker.azurewebsites.net/api/proxy/ilevel/"
@@ -57,21 +60,55 @@ def test_a_body_labelled_json_that_is_not_passes_unchanged() -> None:
 def test_link_headers_are_rewritten_inside_their_angle_brackets() -> None:
     """Link: <base...>; rel=next → <root...>; rel=next, other targets untouched."""
     value = f'<{BASE}entities?page=2>; rel="next", <https://example.com/x>; rel="help"'
-    assert (
-        Rewriter(BASE, ROOT).link_header(value)
-        == f'<{ROOT}entities?page=2>; rel="next", <https://example.com/x>; rel="help"'
+    assert Rewriter(BASE, ROOT).link_header(value) == (
+        f'<{ROOT}entities?page=2>; rel="next", <https://example.com/x>; rel="help"',
+        False,
     )
 
 
 def test_locations_are_resolved_then_rewritten_or_reported_outside() -> None:
-    """Absolute and relative Locations under the base are rewritten; others are reported as outside."""
+    """Absolute and relative Locations under the base are rewritten; others say where they point."""
     rewriter = Rewriter(BASE, ROOT)
     request = BASE + "entities/assets"
-    assert rewriter.location(BASE + "jobs/1", request) == (ROOT + "jobs/1", True)
-    assert rewriter.location("/v1/jobs/1", request) == (ROOT + "jobs/1", True)
-    assert rewriter.location("assets/2", request) == (ROOT + "entities/assets/2", True)
-    assert rewriter.location("https://evil.example/v1/", request) == ("https://evil.example/v1/", False)
-    assert rewriter.location("/v2/x", request) == ("/v2/x", False)
+    assert rewriter.location(BASE + "jobs/1", request) == (ROOT + "jobs/1", "inside")
+    assert rewriter.location("/v1/jobs/1", request) == (ROOT + "jobs/1", "inside")
+    assert rewriter.location("assets/2", request) == (ROOT + "entities/assets/2", "inside")
+    assert rewriter.location("https://evil.example/v1/", request) == ("https://evil.example/v1/", "elsewhere")
+    assert rewriter.location("/v2/x", request) == ("/v2/x", "outside_base")
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "https://API.ilevelsolutions.com/v1/",
+        "HTTPS://api.ILEVELSOLUTIONS.com/v1/",
+        "https://api.ilevelsolutions.com:443/v1/",
+        "https://API.ilevelsolutions.com:443/v1/",
+    ],
+)
+def test_origins_are_compared_after_normalisation_in_urls_headers_and_bodies(written: str) -> None:
+    """Scheme and host in any case, the default port implicit: the same origin, so rewritten everywhere."""
+    rewriter = Rewriter(BASE, ROOT)
+    assert rewriter.url(written + "entities?x=1") == ROOT + "entities?x=1"
+    assert rewriter.link_header(f'<{written}e>; rel="next"') == (f'<{ROOT}e>; rel="next"', False)
+    body = json.dumps({"next": written + "entities", "other": "https://api.ilevelsolutions.com:8443/v1/x"})
+    assert json.loads(rewriter.json_body(body.encode())) == {
+        "next": ROOT + "entities",
+        "other": "https://api.ilevelsolutions.com:8443/v1/x",
+    }
+
+
+def test_an_idna_host_matches_its_unicode_form() -> None:
+    """IDNA is applied to the host before comparing: the Unicode and punycode forms are one origin."""
+    rewriter = Rewriter("https://xn--bcher-kva.example/v1/", ROOT)
+    assert rewriter.url("https://bücher.example/v1/a") == ROOT + "a"
+    body = json.dumps({"next": "https://BÜCHER.example/v1/a"}, ensure_ascii=False).encode()
+    assert json.loads(rewriter.json_body(body)) == {"next": ROOT + "a"}
+
+
+def test_a_link_on_the_apis_origin_outside_the_base_is_reported() -> None:
+    """A Link target on the API's host but outside the base path is flagged (the proxy answers 502)."""
+    assert Rewriter(BASE, ROOT).link_header('<https://api.ilevelsolutions.com/v2/x>; rel="next"')[1] is True
 
 
 def test_json_is_application_json_or_any_plus_json_type() -> None:
@@ -140,3 +177,47 @@ def test_the_host_is_the_host_header_else_the_request_urls() -> None:
     )
     assert _caller_host({"headers": [], "server": ("localhost", 7071)}) == "localhost:7071"
     assert _caller_host({"headers": [], "server": None}) == ""
+
+
+@settings(max_examples=800, deadline=None)
+@given(DOCUMENTS, st.sampled_from([None, 2]), st.booleans(), st.lists(st.integers(1, 40), min_size=1, max_size=30))
+def test_rewriting_in_chunks_equals_rewriting_the_whole_text(
+    document: Any, indent: int | None, escape_slashes: bool, sizes: list[int]
+) -> None:
+    """Property: wherever chunks split the text (a base cut in two, a key's ':' in the next chunk), same result."""
+    text = json.dumps(document, indent=indent, ensure_ascii=False)
+    if escape_slashes:
+        text = text.replace("/", "\\/")
+    data = text.encode("utf-8")
+    links = JsonLinks(BASE, ROOT)
+    out, position, index = [], 0, 0
+    while position < len(data):
+        size = sizes[index % len(sizes)]
+        out.append(links.feed(data[position : position + size]))
+        position += size
+        index += 1
+    out.append(links.finish())
+    assert json.loads(b"".join(out)) == reference(document)
+
+
+def test_a_long_string_is_passed_on_without_holding_it_whole() -> None:
+    """A string far longer than any URL streams through; what is held stays bounded."""
+    links = JsonLinks(BASE, ROOT)
+    body = json.dumps({"blob": "x" * 1_000_000, "next": BASE + "a"}).encode()
+    out = [links.feed(body[i : i + 65536]) for i in range(0, len(body), 65536)] + [links.finish()]
+    assert max(len(piece) for piece in out) < 200_000
+    assert json.loads(b"".join(out))["next"] == ROOT + "a"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["tok", "enc", "x", "%", "/", "a.b-c_d"]), max_size=20), st.integers(1, 9))
+def test_the_token_is_redacted_wherever_the_chunks_split_it(parts: list[str], size: int) -> None:
+    """Raw and percent-encoded forms become the marker, split across chunks or not, as in the whole text."""
+    token = "ab/c+d=e.f"
+    forms = {"tok": token, "enc": quote(token, safe="")}
+    data = "".join(forms.get(p, p) for p in parts).encode()
+    redactor = Redactor(token_forms(token))
+    out = b"".join(redactor.feed(data[i : i + size]) for i in range(0, len(data), size)) + redactor.finish()
+    assert token.encode() not in out and quote(token, safe="").encode() not in out
+    assert out == Redactor(token_forms(token)).value(data)
+    assert out.count(REDACTED) == parts.count("tok") + parts.count("enc")

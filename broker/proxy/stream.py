@@ -1,0 +1,248 @@
+"""Body transformations that work on a stream: a few chunks held, never the body.
+
+Each stage takes chunks and returns chunks, carrying across chunk boundaries only what a
+match could still need (a token split in two, a base URL split in two, a JSON string whose
+key-or-value role is not known yet). ``finish()`` gives back what is still carried.
+
+- :class:`Decoder`: ``Content-Encoding`` undone with ``max_length``, so a compressed bomb
+  costs at most the remaining budget, never its expanded size.
+- :class:`Redactor`: the broker's own token, raw or percent-encoded, becomes
+  ``[redacted-by-broker]``.
+- :class:`JsonLinks`: JSON string *values* that begin with the API base get the broker's
+  proxy root instead, ``\\/`` escaping included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zlib
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus, urlsplit
+
+from broker.errors import InvalidUpstreamResponse
+
+REDACTED = b"[redacted-by-broker]"
+# Decompressed output per step: bounded, so one highly compressed chunk is never one huge chunk.
+DECODE_STEP_BYTES = 256 * 1024
+# A JSON string that begins with the base but has not closed after this many bytes is rewritten
+# as a value without waiting for its end (a key that long is not a key anyone writes).
+MAX_PENDING_BYTES = 64 * 1024
+_SPACE = rb"[ \t\r\n]*"
+
+
+class BodyTooLarge(InvalidUpstreamResponse):
+    """The decoded body passed the response cap."""
+
+
+class Decoder:
+    """Undoes gzip or deflate (or nothing), counting decoded bytes against ``budget``."""
+
+    def __init__(self, encoding: str | None, budget: int, too_big: InvalidUpstreamResponse) -> None:
+        coding = (encoding or "identity").strip().lower()
+        self._budget = budget
+        self._too_big = too_big
+        self.decoded = 0
+        self._inflate: zlib._Decompress | None
+        if coding in ("", "identity"):
+            self._inflate = None
+        elif coding in ("gzip", "x-gzip"):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._inflate = zlib.decompressobj()
+        else:
+            raise InvalidUpstreamResponse(
+                f"The API answered with Content-Encoding {coding[:32]!r}, which the broker does not decode "
+                "(it asks for identity); the answer is not passed on."
+            )
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._inflate is None:
+            self._count(len(data))
+            return [data] if data else []
+        out: list[bytes] = []
+        pending = data
+        while pending:
+            try:
+                piece = self._inflate.decompress(pending, min(DECODE_STEP_BYTES, self._budget - self.decoded + 1))
+            except zlib.error:
+                raise InvalidUpstreamResponse("The API's compressed body is corrupt; it is not passed on.") from None
+            self._count(len(piece))
+            if piece:
+                out.append(piece)
+            pending = self._inflate.unconsumed_tail
+        return out
+
+    def finish(self) -> list[bytes]:
+        if self._inflate is None:
+            return []
+        piece = self._inflate.flush()
+        self._count(len(piece))
+        return [piece] if piece else []
+
+    def _count(self, size: int) -> None:
+        self.decoded += size
+        if self.decoded > self._budget:
+            raise self._too_big
+
+
+def token_forms(token: str) -> list[bytes]:
+    """The ways a reflected token can appear: raw, percent-encoded, form-encoded, JSON-escaped."""
+    forms = {token, quote(token, safe=""), quote_plus(token, safe=""), token.replace("/", "\\/")}
+    return sorted((form.encode("utf-8") for form in forms if form), key=len, reverse=True)
+
+
+class Redactor:
+    """Replaces every form of a secret value with :data:`REDACTED`, across chunk boundaries."""
+
+    def __init__(self, forms: Iterable[bytes]) -> None:
+        ordered = sorted(set(forms), key=len, reverse=True)
+        self._pattern = re.compile(b"|".join(re.escape(form) for form in ordered))
+        self._keep = max(len(form) for form in ordered) - 1
+        self._carry = b""
+        self.found = 0
+
+    def value(self, data: bytes) -> bytes:
+        """A whole value (a header) redacted."""
+        result, count = self._pattern.subn(REDACTED, data)
+        self.found += count
+        return result
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        safe = len(data) - self._keep
+        out: list[bytes] = []
+        last = 0
+        for match in self._pattern.finditer(data):
+            if match.start() >= safe:
+                break
+            out.append(data[last : match.start()])
+            out.append(REDACTED)
+            self.found += 1
+            last = match.end()
+        cut = max(last, safe)
+        out.append(data[last:cut])
+        self._carry = data[cut:]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest, self._carry = self._carry, b""
+        return self.value(rest)
+
+
+def _slashes(text: str) -> bytes:
+    return b"".join(rb"(?:/|\\/)" if char == "/" else re.escape(char.encode()) for char in text)
+
+
+def _any_case(text: str) -> bytes:
+    out: list[bytes] = []
+    for c in text:
+        if c.isascii() and c.isalpha():
+            out.append(f"[{c.upper()}{c.lower()}]".encode())
+        elif c.upper() != c.lower():
+            out.append(b"(?:" + re.escape(c.upper().encode()) + b"|" + re.escape(c.lower().encode()) + b")")
+        else:
+            out.append(re.escape(c.encode()))
+    return b"".join(out)
+
+
+def _prefix_pattern(base_url: str) -> bytes:
+    """The base URL as it may be written: scheme and host in any case, IDNA or Unicode host, the
+    default port implicit or explicit, and ``/`` or ``\\/`` for every slash."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    hosts = {host}
+    with contextlib.suppress(UnicodeError):
+        hosts.add(host.encode("ascii").decode("idna").lower())
+    with contextlib.suppress(UnicodeError):
+        hosts.add(host.encode("idna").decode("ascii").lower())
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = parts.port
+    if port is None or port == default:
+        port_pattern = b"(?::" + str(default).encode() + b")?" if default else b""
+    else:
+        port_pattern = b":" + str(port).encode()
+    host_pattern = b"(?:" + b"|".join(_any_case(h) for h in sorted(hosts, key=len, reverse=True)) + b")"
+    return _any_case(scheme) + b":" + _slashes("//") + host_pattern + port_pattern + _slashes(parts.path or "/")
+
+
+class JsonLinks:
+    r"""Rewrites the base prefix of JSON string values, incrementally.
+
+    A string is a *value* when it opens after ``:``, ``[``, ``,`` (or at the start) and is not
+    followed by ``:``. Each window ends outside any string, and never right after a string whose
+    next non-blank character has not arrived (it may be a key's ``:``); the rest waits for the
+    next chunk. The last non-blank byte already sent is kept as context for the next window.
+    """
+
+    def __init__(self, base_url: str, root: str) -> None:
+        prefix = _prefix_pattern(base_url)
+        rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
+        tail = prefix + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
+        self._first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
+        self._next = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)
+        self._replacement = root.encode("utf-8")
+        self._carry = b""
+        self._before = b""  # the last non-blank byte sent, or b"" at the start
+        self._in_string = False  # only after a pathological string was passed on unfinished
+        self.rewritten = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        self._carry = b""
+        head = b""
+        if self._in_string:
+            part = _STRING_PART.match(data)
+            end = part.end() if part else 0
+            if end < len(data) and data[end : end + 1] == b'"':
+                head, data = data[: end + 1], data[end + 1 :]
+                self._in_string = False
+                self._before = b'"'
+            else:
+                self._carry = data[end:]
+                return data[:end]
+        complete = _COMPLETE.match(data)
+        ended = complete.end() if complete else 0  # where an unfinished string opens, or the end
+        cut = ended
+        last_string_open = complete is not None and complete.group(1) is not None
+        if last_string_open and complete and not data[complete.end(1) : ended].strip(b" \t\r\n"):
+            cut = complete.start(1)  # the last string's role (key or value) is not known yet
+        if len(data) - cut > MAX_PENDING_BYTES:
+            # A pathological string: passed on as it stands, unrewritten.
+            self._in_string = ended < len(data)
+            cut = len(data)
+        out = head + self._sub(data[:cut])
+        self._carry = data[cut:]
+        return out
+
+    def finish(self) -> bytes:
+        data, self._carry = self._carry, b""
+        if self._in_string:
+            return data
+        return self._sub(data)
+
+    def _sub(self, window: bytes) -> bytes:
+        if not window:
+            return b""
+        context = self._before
+        pattern = self._next if context else self._first
+        data = context + window
+        out: list[bytes] = []
+        last = len(context)
+        for match in pattern.finditer(data):
+            out.append(data[last : match.end(1)])
+            out.append(self._replacement)
+            self.rewritten += 1
+            last = match.end()
+        out.append(data[last:])
+        stripped = window.rstrip(b" \t\r\n")
+        if stripped:
+            self._before = stripped[-1:]
+        return b"".join(out)
+
+
+# From a point outside any string: non-string bytes and complete strings; group 1 is the last string.
+_COMPLETE = re.compile(rb'(?:[^"]+|("[^"\\]*(?:\\.[^"\\]*)*"))*')
+# Inside a string: up to (not including) its closing quote or a final lone backslash.
+_STRING_PART = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*')
