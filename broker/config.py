@@ -43,10 +43,14 @@ DEFAULT_API_BASE_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/"}
 # at most 220 s, leaving room to answer with a 504 of our own.
 DEFAULT_PROXY_TIMEOUT_S = 120.0
 MAX_PROXY_TIMEOUT_S = 220.0
-DEFAULT_PROXY_MAX_RESPONSE_MB = 100
+# iLevel's largest page is a JSON:API page of at most 998 assets, a few MiB: 32 MiB leaves room
+# for any page, and keeps the Functions host's worst case (below) at a third of a 2,048 MB instance.
+DEFAULT_PROXY_MAX_RESPONSE_MB = 32
 # Upstream requests in flight per provider per instance: an ADF ForEach with batch count 50
 # must not become 50 parallel calls against iLevel's rate limits.
 DEFAULT_PROXY_CONCURRENCY = 8
+# How long a proxied request may wait for a free upstream slot before 503 proxy_busy (ADF retries 503).
+DEFAULT_PROXY_SLOT_WAIT_S = 10.0
 # ADF's Web activity times out after 60 s by default; a whole token request,
 # retries included, must finish well inside it, leaving room for Key Vault reads.
 DEFAULT_TOKEN_BUDGET_S = 25.0
@@ -64,6 +68,8 @@ GLOBAL_SETTINGS: tuple[str, ...] = (
     "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
     "BROKER_PROXY_TIMEOUT_SECONDS",
     "BROKER_PROXY_MAX_RESPONSE_MB",
+    "BROKER_PROXY_SLOT_WAIT_SECONDS",
+    "BROKER_INSTANCE_MEMORY_MB",
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -170,6 +176,7 @@ class Settings:
     running_in_azure: bool = False
     proxy_timeout_s: float = DEFAULT_PROXY_TIMEOUT_S
     proxy_max_response_bytes: int = DEFAULT_PROXY_MAX_RESPONSE_MB * 1024 * 1024
+    proxy_slot_wait_s: float = DEFAULT_PROXY_SLOT_WAIT_S
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -393,6 +400,17 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
             "BROKER_PROXY_TIMEOUT_SECONDS", "must be between 1 and 220 (Azure's front end cuts requests at 230 s)"
         )
     max_response_mb = _integer(env, "BROKER_PROXY_MAX_RESPONSE_MB", DEFAULT_PROXY_MAX_RESPONSE_MB, low=1, high=1024)
+    slot_wait = _integer(
+        env, "BROKER_PROXY_SLOT_WAIT_SECONDS", int(DEFAULT_PROXY_SLOT_WAIT_S), low=0, high=int(MAX_PROXY_TIMEOUT_S)
+    )
+    memory_mb = (
+        _integer(env, "BROKER_INSTANCE_MEMORY_MB", 0, low=1, high=1_000_000)
+        if env.get("BROKER_INSTANCE_MEMORY_MB", "").strip()
+        else None
+    )
+    if memory_mb is not None:
+        on_functions = functions_host or functions_worker
+        check_memory_budget(providers, max_response_mb, memory_mb, functions_host=on_functions)
 
     for provider in providers.values():
         if provider.serves_nobody and not auth_disabled:
@@ -416,7 +434,46 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         running_in_azure=running_in_azure,
         proxy_timeout_s=proxy_timeout,
         proxy_max_response_bytes=max_response_mb * 1024 * 1024,
+        proxy_slot_wait_s=float(slot_wait),
         warnings=tuple(warnings),
+    )
+
+
+# The memory model, per host, measured by ``python -m bench proxy`` (bench/README.md):
+# - Functions entry point: the bridge joins the whole answer, so a proxied body costs up to
+#   this many times its size (the bridge's chunk list, then its join); the broker adds no copy.
+FUNCTIONS_BODY_FACTOR = 2.0
+# - serve: the body streams; a proxied request holds a few chunks whatever the body's size.
+SERVE_REQUEST_MB = 8
+# The broker's own RSS before any proxied body (interpreter, SDKs, the Functions worker), rounded up.
+BASELINE_MB = 256
+
+
+def proxy_worst_case_mb(
+    providers: Mapping[str, ProviderConfig], max_response_mb: int, *, functions_host: bool
+) -> float:
+    """Σ over proxy providers of concurrency × per-request cost, plus the baseline."""
+    per_request = max_response_mb * FUNCTIONS_BODY_FACTOR if functions_host else SERVE_REQUEST_MB
+    slots = sum(p.proxy_concurrency for p in providers.values() if p.proxy_enabled)
+    return slots * per_request + BASELINE_MB
+
+
+def check_memory_budget(
+    providers: Mapping[str, ProviderConfig], max_response_mb: int, memory_mb: int, *, functions_host: bool
+) -> None:
+    """Refuse to start when the proxy's worst case cannot fit the instance (BROKER_INSTANCE_MEMORY_MB)."""
+    worst = proxy_worst_case_mb(providers, max_response_mb, functions_host=functions_host)
+    if worst <= memory_mb:
+        return
+    concurrency = ", ".join(
+        f"{p.setting('PROXY_CONCURRENCY')}={p.proxy_concurrency}" for p in providers.values() if p.proxy_enabled
+    )
+    host = "the Functions host holds each body twice" if functions_host else "each streamed request holds a few chunks"
+    raise ConfigError(
+        "BROKER_INSTANCE_MEMORY_MB",
+        f"is {memory_mb} MB, which cannot hold the proxy's worst case of {worst:.0f} MB ({concurrency} at once, "
+        f"BROKER_PROXY_MAX_RESPONSE_MB={max_response_mb}, {host}, plus {BASELINE_MB} MB baseline). "
+        "Lower BROKER_PROXY_MAX_RESPONSE_MB or the PROXY_CONCURRENCY settings, or choose a larger instance.",
     )
 
 

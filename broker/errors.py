@@ -17,6 +17,7 @@ value: only names, versions and upstream error codes.
     │   ├── NotFound                     404 unknown_provider / not_found / proxy_disabled
     │   └── PayloadTooLarge              413 payload_too_large: a proxied body over 1 MiB
     ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
+    ├── ProxyBusy                        503 proxy_busy (+ Retry-After): no upstream slot came free in time
     └── UpstreamError                    a dependency failed
         ├── SecretError                  Key Vault / local secrets
         │   ├── SecretForbidden          502 key_vault_forbidden
@@ -134,6 +135,13 @@ class NotFound(CallerError):
 class AuthorityUnavailable(BrokerError):
     status = 503
     code = "authority_unavailable"
+
+
+class ProxyBusy(BrokerError):
+    """Proxy mode: every upstream slot this caller may use stayed taken for the whole slot-wait budget."""
+
+    status = 503
+    code = "proxy_busy"
 
 
 class UpstreamError(BrokerError):

@@ -24,13 +24,13 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from broker.caller_auth import ANY_CALLER, APPLICATIONS_ONLY, LOCAL_DEVELOPER, Accepts, Caller
@@ -129,6 +129,8 @@ def _query(request: Request) -> tuple[int, bool]:
         raise InvalidRequest("The query string is malformed.") from None
     seen: dict[str, str] = {}
     for key, value in pairs:
+        if key.lower() == "code":
+            continue  # the Functions key, in any case, as the Functions host reads it
         if key not in QUERY_PARAMETERS:
             named = repr(key) if _SAFE_NAME.fullmatch(key) else "a parameter"
             raise InvalidRequest(f"Unknown query parameter {named}; allowed: min_validity, force_refresh.")
@@ -417,7 +419,7 @@ async def proxy(broker: Broker, request: Request, access: Access) -> Response:
     access.provider = name
     target = safe_path(parts[4] if len(parts) > 4 else b"")
     access.fields["path"] = "/" + target
-    body = await _proxied_body(request)
+    body = b"" if request.method in ("GET", "HEAD") else await _proxied_body(request)
     root = public_root(request.scope.get("scheme", "http"), _caller_host(request.scope), name)
     if root is None:
         raise InvalidRequest("The Host header is not a host name; the broker cannot build its links.")
@@ -430,14 +432,11 @@ async def proxy(broker: Broker, request: Request, access: Access) -> Response:
             body=body,
             request_id=access.ids.echo,
             root=root,
+            caller=(access.caller or LOCAL_DEVELOPER).oid or "-",
         )
     )
-    access.fields.update(
-        bytes=forwarded.size,
-        upstream_ms=f"{forwarded.upstream_latency_s * 1000:.1f}",
-        token=forwarded.token_fingerprint,
-    )
-    return _forwarded_response(forwarded)
+    access.fields.update(upstream_ms=f"{forwarded.upstream_latency_s * 1000:.1f}", token=forwarded.token_fingerprint)
+    return _Proxied(forwarded, access)
 
 
 def _proxied(broker: Broker, access: Access, error: BrokerError | None) -> None:
@@ -470,6 +469,7 @@ PROXY = Route(
         ("bytes", "0"),
         ("upstream_ms", "0.0"),
         ("token", "-"),
+        ("body", "-"),
     ),
     marks_errors=True,
     observe=_proxied,
@@ -514,21 +514,45 @@ async def _proxied_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _forwarded_response(forwarded: Forwarded) -> Response:
-    """The upstream's status, allowed headers and body; several chunks are sent as they are, not joined."""
-    response: Response
-    if len(forwarded.chunks) > 1:
+class ResponseAborted(Exception):
+    """A proxied answer failed after its status was sent: the host aborts it (serve closes the
+    connection; the Functions worker fails the invocation), so the caller never takes it as whole."""
 
-        async def chunks() -> AsyncIterator[bytes]:
-            for chunk in forwarded.chunks:
-                yield chunk
 
-        response = StreamingResponse(chunks(), status_code=forwarded.status)
-        response.raw_headers.append((b"content-length", str(forwarded.size).encode()))
-    else:
-        response = Response(forwarded.chunks[0] if forwarded.chunks else b"", status_code=forwarded.status)
-    response.raw_headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in forwarded.headers)
-    return response
+class _Proxied(Response):
+    """The upstream's status, allowed headers (raw bytes) and body, sent chunk by chunk as it arrives."""
+
+    def __init__(self, forwarded: Forwarded, access: Access) -> None:
+        self.status_code = forwarded.status
+        self.raw_headers = list(forwarded.headers)
+        self.background = None
+        self._forwarded = forwarded
+        self._access = access
+        access.fields["body"] = "complete"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        forwarded, access = self._forwarded, self._access
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            try:
+                async for chunk in forwarded.body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except BrokerError as error:
+                access.fields["body"] = "truncated"
+                access.outcome = error.code
+                errors_log.error(
+                    "proxy %s broker_id=%s: the answer was cut short after its status was sent (%s: %s); "
+                    "the response is aborted",
+                    access.ids.echo,
+                    access.ids.own,
+                    error.code,
+                    error.description,
+                )
+                raise ResponseAborted(f"proxied answer aborted mid-body: {error.code}") from None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            access.fields["bytes"] = forwarded.sent
+            await forwarded.aclose()
 
 
 def create_app(broker: Broker) -> BrokerApp:

@@ -101,6 +101,8 @@ class Broker:
                         self.proxy_http,
                         timeout_s=settings.proxy_timeout_s,
                         max_response_bytes=settings.proxy_max_response_bytes,
+                        slot_wait_s=settings.proxy_slot_wait_s,
+                        on_slot_wait=self.telemetry.slot_waiter(name),
                     )
         self.authenticator: CallerAuthenticator | None = None
         if not settings.caller_auth_disabled:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
@@ -52,6 +52,12 @@ class Telemetry:
         self.proxy_duration = meter.create_histogram(
             "broker.proxy.duration", unit="s", description="Proxied request latency, broker included"
         )
+        self.slot_waits = meter.create_counter(
+            "broker.proxy.slot_waits", description="Proxied requests that waited for an upstream slot, by outcome"
+        )
+        self.proxy_busy = meter.create_counter(
+            "broker.proxy.busy", description="Proxied requests refused with 503 proxy_busy (no slot in time)"
+        )
         self.remaining = meter.create_histogram(
             "broker.token.remaining_lifetime", unit="s", description="Remaining token lifetime when served"
         )
@@ -68,6 +74,16 @@ class Telemetry:
         attributes = {"provider": provider, "status_class": f"{status // 100}xx"}
         self.proxy_requests.add(1, attributes)
         self.proxy_duration.record(duration_s, attributes)
+
+    def slot_waiter(self, provider: str) -> Callable[[bool], None]:
+        """Counts one slot wait (``busy``: it ended in 503 proxy_busy) for ``provider``."""
+
+        def waited(busy: bool) -> None:
+            self.slot_waits.add(1, {"provider": provider, "outcome": "busy" if busy else "acquired"})
+            if busy:
+                self.proxy_busy.add(1, {"provider": provider})
+
+        return waited
 
     def caller_rejected(self, reason: str) -> None:
         # The provider is not known yet: authentication comes before routing.

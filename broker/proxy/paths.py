@@ -97,12 +97,12 @@ def safe_path(raw: bytes) -> str:
 
 
 def forwarded_query(raw: bytes) -> str:
-    """The query string as received, without ``code`` (the Functions key)."""
+    """The query string as received, without ``code`` (the Functions key) in any case."""
     if not raw:
         return ""
     kept = []
     for part in raw.split(b"&"):
         key = unquote_to_bytes(part.split(b"=", 1)[0].replace(b"+", b" ")).decode("utf-8", "replace")
-        if key not in DROPPED_QUERY_KEYS:
+        if key.lower() not in DROPPED_QUERY_KEYS:
             kept.append(_escape(part, _QUERY_SAFE))
     return "&".join(kept)

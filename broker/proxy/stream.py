@@ -40,6 +40,7 @@ class Decoder:
 
     def __init__(self, encoding: str | None, budget: int, too_big: InvalidUpstreamResponse) -> None:
         coding = (encoding or "identity").strip().lower()
+        self._coding = coding
         self._budget = budget
         self._too_big = too_big
         self.decoded = 0
@@ -55,6 +56,14 @@ class Decoder:
                 f"The API answered with Content-Encoding {coding[:32]!r}, which the broker does not decode "
                 "(it asks for identity); the answer is not passed on."
             )
+
+    @property
+    def compressed(self) -> bool:
+        return self._inflate is not None
+
+    def twin(self) -> Decoder:
+        """A fresh decoder for the same coding and budget (to measure a body before decoding it for real)."""
+        return Decoder(self._coding, self._budget, self._too_big)
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._inflate is None:

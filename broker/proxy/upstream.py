@@ -1,5 +1,8 @@
 """The upstream call: one proxied request, with the provider's cached token, bounded in time and size.
 
+The body streams: a few chunks are held at a time, decoded with a limit, redacted and rewritten
+as they pass (:mod:`broker.proxy.stream`); the slot is held until the body has been sent.
+
 Shares the provider's :class:`~broker.cache.TokenCache` with the token route (same
 single-flight, refresh-ahead and stale rules). Retries exactly two things and nothing
 else, because ADF retries by its own policy: a 401 once with a renewed token, and a
@@ -13,18 +16,21 @@ import asyncio
 import http.cookiejar
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from broker import __version__
 from broker.cache import TokenCache
+from broker.config import DEFAULT_PROXY_SLOT_WAIT_S as DEFAULT_SLOT_WAIT_S
 from broker.config import ProviderConfig
-from broker.errors import InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
-from broker.proxy.headers import request_headers, response_headers
-from broker.proxy.links import Rewriter, is_json
+from broker.errors import InvalidRequest, InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from broker.proxy.headers import RESPONSE_HEADERS, request_headers
+from broker.proxy.links import Rewriter, is_json, origin
+from broker.proxy.slots import Slot, Slots
+from broker.proxy.stream import REDACTED, BodyTooLarge, Decoder, JsonLinks, Redactor, token_forms
 from broker.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -68,22 +74,32 @@ class Call:
     body: bytes = field(default=b"", repr=False)
     request_id: str
     root: str
+    # Whose share of the slots this request uses (the caller's oid).
+    caller: str = "-"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(eq=False, kw_only=True)
 class Forwarded:
-    """The upstream's answer, filtered and rewritten, ready to become the caller's response."""
+    """The upstream's answer, filtered, ready to become the caller's response; the body still streams.
+
+    ``body`` yields the decoded, redacted, rewritten chunks; ``sent`` counts them. :meth:`aclose`
+    closes the upstream response and frees the slot, whether the body was read to its end or not.
+    """
 
     status: int
-    headers: list[tuple[str, str]]
-    chunks: list[bytes] = field(repr=False)
-    size: int
+    headers: list[tuple[bytes, bytes]]
     upstream_latency_s: float
     token_fingerprint: str
+    body: AsyncIterator[bytes] = field(repr=False)
+    closer: Callable[[], Awaitable[None]] = field(repr=False)
+    sent: int = 0
+
+    async def aclose(self) -> None:
+        await self.closer()
 
 
 class ProviderProxy:
-    """Forwards requests to one provider's API; at most ``proxy_concurrency`` in flight at once.
+    """Forwards requests to one provider's API over its fair-share slots (:class:`~broker.proxy.slots.Slots`).
 
     ``client`` returns the live proxy client (:class:`broker.httpclient.SharedClient`).
     """
@@ -96,37 +112,66 @@ class ProviderProxy:
         *,
         timeout_s: float,
         max_response_bytes: int,
+        slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        on_slot_wait: Callable[[bool], None] | None = None,
     ) -> None:
         self.config = config
         self._cache = cache
         self._client = client
         self._timeout_s = timeout_s
         self._max_response_bytes = max_response_bytes
-        self._slots = asyncio.Semaphore(config.proxy_concurrency)
         self._host = urlsplit(config.api_base_url).netloc
+        self.slots = Slots(
+            config.proxy_concurrency,
+            wait_s=slot_wait_s,
+            describe=lambda: f"{config.setting('PROXY_CONCURRENCY')}={config.proxy_concurrency}",
+            on_wait=on_slot_wait,
+        )
 
     async def forward(self, call: Call) -> Forwarded:
-        """Send ``call`` upstream and read the answer; raise a broker error for what the broker itself refuses."""
-        stage = "a free upstream slot"
+        """Send ``call`` upstream and read the answer's head; raise a broker error for what the broker refuses.
+
+        Everything that can still become an error response happens here, before a status is sent:
+        the slot (503 proxy_busy), the token, the API's status and headers (within the proxy
+        timeout), a Content-Length over the cap, and a compressed body's decoded size.
+        """
+        url = self.config.api_base_url + call.path + (f"?{call.query}" if call.query else "")
+        self._refuse_token_url(url)
+        slot = await self.slots.acquire(call.caller)
+        response: httpx.Response | None = None
         try:
+            stage = "a token"
+            deadline = time.monotonic() + self._timeout_s
             async with asyncio.timeout(self._timeout_s):
-                async with self._slots:
-                    stage = "a token"
-                    served = await self._cache.get(min_validity=0)
-                    stage = "the API"
-                    return await self._exchange(call, served.token)
+                served = await self._cache.get(min_validity=0)
+                stage = "the API"
+                started = time.perf_counter()
+                response, token = await self._exchange(call, url, served.token)
+                return await self._head(call, url, response, token, started, deadline, slot)
         except TimeoutError:
+            if response is not None:
+                await response.aclose()
+            await slot.release()
             raise UpstreamTimeout(
                 f"The request to {self._host} did not finish within BROKER_PROXY_TIMEOUT_SECONDS="
-                f"{self._timeout_s:g} (waiting for {stage}; at most {self.config.proxy_concurrency} requests "
-                f"per instance are in flight, {self.config.setting('PROXY_CONCURRENCY')}). Retry later, or ask "
-                "for smaller pages.",
+                f"{self._timeout_s:g} (waiting for {stage}). Retry later, or ask for smaller pages.",
                 retry_after=RETRY_AFTER_S,
             ) from None
+        except BaseException:
+            if response is not None:
+                await response.aclose()
+            await slot.release()
+            raise
 
-    async def _exchange(self, call: Call, token: Token) -> Forwarded:
-        url = self.config.api_base_url + call.path + (f"?{call.query}" if call.query else "")
-        started = time.perf_counter()
+    def _refuse_token_url(self, url: str) -> None:
+        """A proxied path that lands on the provider's own token endpoint would POST there with our token."""
+        if _same_resource(url, self.config.token_url):
+            raise InvalidRequest(
+                f"The proxied path resolves to the provider's token endpoint ({self.config.setting('TOKEN_URL')}); "
+                "the proxy never forwards there. Nothing was sent upstream."
+            )
+
+    async def _exchange(self, call: Call, url: str, token: Token) -> tuple[httpx.Response, Token]:
         response = await self._send(call, url, token)
         if response.status_code == 401:
             renewed = (await self._cache.renew(token)).token
@@ -136,22 +181,23 @@ class ProviderProxy:
                 log.info("proxy: %s answered 401; retrying once with a renewed token", self._host)
                 token = renewed
                 response = await self._send(call, url, token)
-        try:
-            return await self._read(call, url, response, token, started)
-        finally:
-            await response.aclose()
+        return response, token
 
     async def _send(self, call: Call, url: str, token: Token) -> httpx.Response:
-        headers = request_headers(call.headers)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request_headers(call.headers)]
         headers += [
-            ("Authorization", f"Bearer {token.access_token.reveal()}"),
-            ("User-Agent", USER_AGENT),
-            ("X-Request-Id", call.request_id),
+            (b"Authorization", f"Bearer {token.access_token.reveal()}".encode()),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"X-Request-Id", call.request_id.encode()),
+            # Uncompressed, so the cap counts what is held; a compressed answer anyway is decoded with a limit.
+            (b"Accept-Encoding", b"identity"),
         ]
+        # No body on GET or HEAD, whatever the caller sent.
+        content = call.body if call.body and call.method not in _IDEMPOTENT else None
         attempts = 2 if call.method in _IDEMPOTENT else 1
         for attempt in range(1, attempts + 1):
             client = self._client()
-            request = client.build_request(call.method, url, headers=headers, content=call.body or None)
+            request = client.build_request(call.method, url, headers=headers, content=content)
             try:
                 return await client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -166,52 +212,147 @@ class ProviderProxy:
                 raise self._unreachable(exc) from None
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    async def _read(self, call: Call, url: str, response: httpx.Response, token: Token, started: float) -> Forwarded:
+    async def _head(
+        self,
+        call: Call,
+        url: str,
+        response: httpx.Response,
+        token: Token,
+        started: float,
+        deadline: float,
+        slot: Slot,
+    ) -> Forwarded:
         status = response.status_code
         rewriter = Rewriter(self.config.api_base_url, call.root)
-        headers: list[tuple[str, str]] = []
-        for name, value in response_headers(response.headers.multi_items()):
-            if name == "link":
-                value = rewriter.link_header(value)
-            elif name == "location":
-                value, inside = rewriter.location(value, url)
-                if not inside and 300 <= status < 400:
+        redactor = Redactor(token_forms(token.access_token.reveal()))
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in response.headers.raw:
+            lower = name.lower()
+            if lower.decode("latin-1") not in RESPONSE_HEADERS:
+                continue
+            value = redactor.value(value)
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                # Neither UTF-8 nor ASCII: some hosts cannot carry it (the Functions bridge decodes UTF-8).
+                log.warning("proxy: %s sent a %s header that is not UTF-8; dropped", self._host, lower.decode())
+                continue
+            if lower == b"link":
+                text, outside = rewriter.link_header(value.decode("latin-1"))
+                if outside:
+                    raise self._outside("a Link header", status)
+                value = text.encode("latin-1")
+            elif lower == b"location":
+                text, where = rewriter.location(value.decode("latin-1"), url)
+                if where == "outside_base":
+                    raise self._outside("a Location", status)
+                if where == "elsewhere" and 300 <= status < 400:
                     raise InvalidUpstreamResponse(
-                        f"{self._host} answered {status} with a redirect outside "
-                        f"{self.config.setting('API_BASE_URL')}; the broker follows no redirects and passes none "
-                        "that would leave the API root."
+                        f"{self._host} answered {status} with a redirect to another host; the broker follows no "
+                        "redirects and passes none that would leave the API root."
                     )
-            headers.append((name, value))
+                value = text.encode("latin-1")
+            headers.append((lower, value))
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_response_bytes:
             raise self._too_big()
-        chunks: list[bytes] = []
-        size = 0
-        if call.method != "HEAD":
+        decoder = Decoder(response.headers.get("content-encoding"), self._max_response_bytes, self._too_big())
+        source: AsyncIterator[bytes] = response.aiter_raw()
+        if call.method == "HEAD":
+            source = _nothing()
+        elif decoder.compressed:
+            source = await self._measured(response, decoder)
+        json = is_json(response.headers.get("content-type"))
+        links = JsonLinks(self.config.api_base_url, call.root) if json else None
+
+        async def close() -> None:
             try:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self._max_response_bytes:
-                        raise self._too_big()
-                    chunks.append(chunk)
-            except httpx.TimeoutException:
-                raise self._timed_out() from None
-            except httpx.TransportError as exc:
-                raise self._unreachable(exc) from None
-        if chunks and is_json(response.headers.get("content-type")):
-            body = rewriter.json_body(b"".join(chunks))
-            chunks, size = [body], len(body)
-        return Forwarded(
+                await response.aclose()
+            finally:
+                await slot.release()
+                if redactor.found:
+                    log.warning(
+                        "proxy: %s reflected the broker's token in its answer (%d times); replaced with %s. "
+                        "request id=%s",
+                        self._host,
+                        redactor.found,
+                        REDACTED.decode(),
+                        call.request_id,
+                    )
+
+        forwarded = Forwarded(
             status=status,
             headers=headers,
-            chunks=chunks,
-            size=size,
             upstream_latency_s=time.perf_counter() - started,
             token_fingerprint=token.access_token.fingerprint(),
+            body=_nothing(),
+            closer=close,
+        )
+        forwarded.body = self._body(source, decoder, redactor, links, forwarded, deadline)
+        return forwarded
+
+    async def _measured(self, response: httpx.Response, decoder: Decoder) -> AsyncIterator[bytes]:
+        """A compressed body (sent although identity was asked for): held compressed, its decoded size
+        measured with bounded steps, so one over the cap is refused before anything is sent."""
+        held: list[bytes] = []
+        size = 0
+        probe = decoder.twin()
+        try:
+            async for raw in response.aiter_raw():
+                size += len(raw)
+                if size > self._max_response_bytes:
+                    raise self._too_big()
+                held.append(raw)
+                probe.feed(raw)
+                await asyncio.sleep(0)
+            probe.finish()
+        except httpx.TimeoutException:
+            raise self._timed_out() from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return _replay(held)
+
+    async def _body(
+        self,
+        source: AsyncIterator[bytes],
+        decoder: Decoder,
+        redactor: Redactor,
+        links: JsonLinks | None,
+        forwarded: Forwarded,
+        deadline: float,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for raw in source:
+                for piece in decoder.feed(raw):
+                    out = redactor.feed(piece)
+                    if links is not None:
+                        out = links.feed(out)
+                    if out:
+                        forwarded.sent += len(out)
+                        yield out
+                # A chunk's work at a time: the event loop gets its turn between chunks.
+                await asyncio.sleep(0)
+                if time.monotonic() > deadline:
+                    raise self._timed_out()
+            tail = b"".join(redactor.feed(piece) for piece in decoder.finish()) + redactor.finish()
+            if links is not None:
+                tail = links.feed(tail) + links.finish()
+            if tail:
+                forwarded.sent += len(tail)
+                yield tail
+        except httpx.TimeoutException:
+            raise self._timed_out() from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def _outside(self, what: str, status: int) -> InvalidUpstreamResponse:
+        return InvalidUpstreamResponse(
+            f"{self._host} answered {status} with {what} on its own host but outside "
+            f"{self.config.setting('API_BASE_URL')}; the broker passes no link out of the API root."
         )
 
     def _too_big(self) -> InvalidUpstreamResponse:
-        return InvalidUpstreamResponse(
+        return BodyTooLarge(
             f"{self._host} answered with a body over BROKER_PROXY_MAX_RESPONSE_MB="
             f"{self._max_response_bytes // (1024 * 1024)}; ask for smaller pages or raise the setting."
         )
@@ -228,3 +369,24 @@ class ProviderProxy:
             f"{self.config.setting('API_BASE_URL')} and the API's status, then retry.",
             retry_after=RETRY_AFTER_S,
         )
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    while chunks:
+        yield chunks.pop(0)
+
+
+def _same_resource(url: str, other: str) -> bool:
+    """The same origin (normalised) and the same path, percent-decoding, case and a final '/' aside."""
+    if origin(url) is None or origin(url) != origin(other):
+        return False
+
+    def path(value: str) -> str:
+        return unquote(urlsplit(value).path).rstrip("/").lower()
+
+    return path(url) == path(other)

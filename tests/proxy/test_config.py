@@ -24,7 +24,7 @@ def test_defaults_are_token_mode_with_the_public_ilevel_api_root() -> None:
     assert ilevel.api_base_url == "https://api.ilevelsolutions.com/v1/"
     assert ilevel.proxy_concurrency == 8
     assert settings.proxy_timeout_s == 120
-    assert settings.proxy_max_response_bytes == 100 * 1024 * 1024
+    assert settings.proxy_max_response_bytes == 32 * 1024 * 1024
 
 
 def test_proxy_and_both_modes_open_the_routes_they_name() -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from broker import __version__
+from broker.http import ResponseAborted
 from broker.standin.dataapi import DataApi, Reply, assets_csv, pattern_bytes
 from tests.conftest import Stack
 from tests.hosts import FUNCTIONS_BASE_URL, FunctionsTransport
@@ -263,17 +264,33 @@ async def test_a_post_body_over_1_mib_is_refused_with_413_and_nothing_sent(
     assert exact.json()["body_bytes"] == 1024 * 1024
 
 
-@pytest.mark.parametrize("declared", ["1", "0"], ids=["content-length", "chunked"])
-async def test_a_response_over_the_cap_is_a_502_invalid_response(rig: Rig, declared: str) -> None:
-    """BROKER_PROXY_MAX_RESPONSE_MB=1: 1 MiB + 1 byte is refused, with or without Content-Length."""
+async def test_a_declared_length_over_the_cap_is_a_502_before_anything_is_sent(rig: Rig) -> None:
+    """BROKER_PROXY_MAX_RESPONSE_MB=1: a Content-Length of 1 MiB + 1 is refused; exactly 1 MiB passes."""
     async with rig.open(BROKER_PROXY_MAX_RESPONSE_MB="1") as api:
         caller = rig.stack.caller()
-        over = await api.get(f"/api/proxy/ilevel/large?bytes={1024 * 1024 + 1}&length={declared}", token=caller)
+        over = await api.get(f"/api/proxy/ilevel/large?bytes={1024 * 1024 + 1}", token=caller)
         broker_error(over, 502, "invalid_response")
         assert "BROKER_PROXY_MAX_RESPONSE_MB" in over.json()["error_description"]
-        at_cap = await api.get(f"/api/proxy/ilevel/large?bytes={1024 * 1024}&length={declared}", token=caller)
+        at_cap = await api.get(f"/api/proxy/ilevel/large?bytes={1024 * 1024}&length=0", token=caller)
         assert at_cap.status_code == 200
-        assert len(at_cap.content) == 1024 * 1024
+        assert at_cap.content == pattern_bytes(1024 * 1024)
+
+
+async def test_an_undeclared_body_past_the_cap_aborts_the_answer_and_says_truncated(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Content-Length the status is already sent: the first byte past the cap aborts the response
+    (serve closes the connection mid-body; the Functions invocation fails), and the access line says so."""
+    caplog.set_level(logging.INFO, logger="broker.access")
+    async with rig.open(BROKER_PROXY_MAX_RESPONSE_MB="1") as api:
+        with pytest.raises((httpx.HTTPError, ResponseAborted)):
+            await api.client.get(
+                f"/api/proxy/ilevel/large?bytes={4 * 1024 * 1024}&length=0",
+                headers={"Authorization": f"Bearer {rig.stack.caller()}"},
+            )
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.access" and "proxy id=" in r.getMessage()]
+    assert lines and "body=truncated" in lines[-1]
+    assert re.search(r"bytes=(\d+)", lines[-1]) and int(re.search(r"bytes=(\d+)", lines[-1])[1]) <= 1024 * 1024
 
 
 async def test_an_api_slower_than_the_proxy_timeout_is_a_504(rig: Rig) -> None:
