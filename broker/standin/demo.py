@@ -154,5 +154,6 @@ def banner(port: int, ilevel_url: str, entra_url: str, tenant: str, caller: str,
         "Stop it with Ctrl+C.\n"
     )
 
+
 if __name__ == "__main__":
     sys.exit(main())
