@@ -48,7 +48,7 @@ def token_server(port: int, variants: Sequence[Variant], echo: bool) -> int:
         f"{exports}\n"
         "  unset KEY_VAULT_URL\n"
         "  .venv/bin/python -m broker check\n"
-        "  BROKER_INSECURE_DISABLE_CALLER_AUTH=true .venv/bin/python -m broker serve   # loopback only, no caller token\n"
+        "  BROKER_INSECURE_DISABLE_CALLER_AUTH=true .venv/bin/python -m broker serve  # loopback only, no caller auth\n"
         "\nStop it with Ctrl+C.",
         flush=True,
     )
