@@ -74,3 +74,16 @@ def test_the_timespan_parser_reads_days_and_hours() -> None:
     """The check can fail: `0.02:00:00` is two hours, `00:03:40` is 220 s."""
     assert seconds("0.02:00:00") == 7200.0
     assert seconds("00:03:40") == 220.0
+
+
+def example_timeout_s(name: str) -> float:
+    """The ``TIMEOUT_S`` an example in docs/examples sets."""
+    match = re.search(r"^TIMEOUT_S = ([\d.]+)$", (ROOT / "docs" / "examples" / name).read_text(encoding="utf-8"), re.M)
+    assert match, f"docs/examples/{name} sets no TIMEOUT_S"
+    return float(match[1])
+
+
+def test_the_python_examples_wait_longer_than_the_broker() -> None:
+    """docs/examples: the token caller outwaits a whole token fetch, the proxy reader the proxy's limit."""
+    assert example_timeout_s("call_broker.py") > MAX_TOKEN_BUDGET_S + KEY_VAULT_BUDGET_S
+    assert example_timeout_s("read_through_proxy.py") > MAX_PROXY_TIMEOUT_S
