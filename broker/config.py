@@ -1,6 +1,6 @@
 """Configuration: read once from app settings / the environment into frozen objects.
 
-Every name here is a public contract documented in the README. ``load_settings``
+Every name here is a public contract documented in docs/reference.md. ``load_settings``
 validates with real checks and raises :class:`~broker.errors.ConfigError` naming
 the offending setting; it never uses ``assert``.
 """
