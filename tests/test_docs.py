@@ -119,3 +119,35 @@ def test_a_block_whose_output_differs_fails() -> None:
     block = Block(ROOT / "README.md", 0, "echo hello; echo world\n#> world\n#> hello\n#> goodbye\n")
     done = subprocess.run(["bash", "-c", "\n".join(block.commands())], capture_output=True, text=True, check=True)
     assert unmatched(block.expected(), done.stdout, DOC_PORT) == ["hello", "goodbye"]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return {slug(match) for match in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_every_relative_link_in_the_docs_finds_its_file_and_heading() -> None:
+    """Links between the README, docs/ and bench/ point at files that exist and at headings they have."""
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file_part, _, anchor = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                broken.append(f"{path.relative_to(ROOT)}: {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_slug_follows_githubs_rule() -> None:
+    """The check can fail: punctuation and backticks go, spaces become hyphens."""
+    assert slug("`python -m broker check [PROVIDER] [--json]`") == "python--m-broker-check-provider---json"
+    assert slug("Parameters (azd environment variables)") == "parameters-azd-environment-variables"
