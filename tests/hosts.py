@@ -66,7 +66,8 @@ class FunctionsTransport(httpx.AsyncBaseTransport):
         response = await self.handler(invocation, None)
         return httpx.Response(
             status_code=response.status_code,
-            headers=list(response.headers.items()),
+            # The worker sends header values as (UTF-8) strings; httpx would encode them as ASCII.
+            headers=[(k, v.encode("utf-8")) for k, v in response.headers.items()],
             content=response.get_body(),
             request=request,
         )

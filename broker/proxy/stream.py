@@ -179,18 +179,16 @@ def _prefix_pattern(base_url: str) -> bytes:
 class JsonLinks:
     r"""Rewrites the base prefix of JSON string values, incrementally.
 
-    A string is a *value* when it opens after ``:``, ``[``, ``,`` (or at the start) and is not
-    followed by ``:``. Each window ends outside any string, and never right after a string whose
-    next non-blank character has not arrived (it may be a key's ``:``); the rest waits for the
-    next chunk. The last non-blank byte already sent is kept as context for the next window.
+    A string is a *value* when its opening quote follows ``:``, ``[``, ``,`` (blanks aside) or the
+    start, and it is not followed by ``:``. Each window ends outside any string, and never right
+    after a string whose next non-blank character has not arrived (it may be a key's ``:``); the
+    rest waits for the next chunk. The last non-blank byte already sent is kept as context.
     """
 
     def __init__(self, base_url: str, root: str) -> None:
-        prefix = _prefix_pattern(base_url)
         rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
-        tail = prefix + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
-        self._first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
-        self._next = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)
+        # Starts with a literal quote, which the regex engine scans for quickly.
+        self._pattern = re.compile(rb'"' + _prefix_pattern(base_url) + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))")
         self._replacement = root.encode("utf-8")
         self._carry = b""
         self._before = b""  # the last non-blank byte sent, or b"" at the start
@@ -211,15 +209,10 @@ class JsonLinks:
             else:
                 self._carry = data[end:]
                 return data[:end]
-        complete = _COMPLETE.match(data)
-        ended = complete.end() if complete else 0  # where an unfinished string opens, or the end
-        cut = ended
-        last_string_open = complete is not None and complete.group(1) is not None
-        if last_string_open and complete and not data[complete.end(1) : ended].strip(b" \t\r\n"):
-            cut = complete.start(1)  # the last string's role (key or value) is not known yet
+        cut, unfinished = _cut(data)
         if len(data) - cut > MAX_PENDING_BYTES:
             # A pathological string: passed on as it stands, unrewritten.
-            self._in_string = ended < len(data)
+            self._in_string = unfinished
             cut = len(data)
         out = head + self._sub(data[:cut])
         self._carry = data[cut:]
@@ -235,12 +228,17 @@ class JsonLinks:
         if not window:
             return b""
         context = self._before
-        pattern = self._next if context else self._first
         data = context + window
         out: list[bytes] = []
         last = len(context)
-        for match in pattern.finditer(data):
-            out.append(data[last : match.end(1)])
+        for match in self._pattern.finditer(data):
+            quote = match.start()
+            i = quote - 1
+            while i >= 0 and data[i] in _BLANK:
+                i -= 1
+            if i >= 0 and data[i] not in _OPENERS:
+                continue  # a closing or escaped quote, or a string not in a value's place
+            out.append(data[last : quote + 1])
             out.append(self._replacement)
             self.rewritten += 1
             last = match.end()
@@ -249,6 +247,32 @@ class JsonLinks:
         if stripped:
             self._before = stripped[-1:]
         return b"".join(out)
+
+
+_BLANK = frozenset(b" \t\r\n")
+_OPENERS = frozenset(b":[,")
+
+
+def _cut(data: bytes) -> tuple[int, bool]:
+    """Where the window may end (outside strings, after a known follower), and whether a string is unfinished.
+
+    ``data`` starts outside any string. Without an escaped quote, quote parity says where strings
+    are (fast); otherwise a regex walks the strings.
+    """
+    if b'\\"' not in data:
+        last = data.rfind(b'"')
+        if last < 0:
+            return len(data), False
+        if data.count(b'"') % 2:
+            return last, True  # the last quote opens an unfinished string
+        if data[last + 1 :].strip(b" \t\r\n"):
+            return len(data), False
+        return data.rfind(b'"', 0, last), False  # the last string's role (key or value) is not known yet
+    complete = _COMPLETE.match(data)
+    ended = complete.end() if complete else 0
+    if complete is not None and complete.group(1) is not None and not data[complete.end(1) : ended].strip(b" \t\r\n"):
+        return complete.start(1), ended < len(data)
+    return ended, ended < len(data)
 
 
 # From a point outside any string: non-string bytes and complete strings; group 1 is the last string.

@@ -11,7 +11,16 @@ token with 401. It serves what proxy mode must carry:
 - ``GET /v1/slow?seconds=S``: answers after ``S`` seconds;
 - ``GET /v1/large?bytes=N``: ``N`` bytes of ``application/octet-stream``, streamed;
 - ``GET|POST /v1/echo``: what arrived (method, headers, body size), as JSON;
-- ``GET /v1/cookie``: sets a cookie; ``GET /v1/redirect?to=URL``: a 302 to ``URL``.
+- ``GET /v1/cookie``: sets a cookie; ``GET /v1/redirect?to=URL``: a 302 to ``URL``;
+- ``GET /v1/reflect``: a hostile echo: the bearer token it received, raw and percent-encoded,
+  in its JSON body (a ``links.next`` too), in ``Location`` and in ``Link``;
+- ``GET /v1/gzip?bytes=N``: ``N`` zero bytes gzip-compressed (a bomb, for a small ``N`` cap),
+  ``Content-Encoding: gzip`` whatever ``Accept-Encoding`` said;
+- ``GET /v1/disposition``: a ``Content-Disposition`` with raw UTF-8 bytes (``€``);
+- ``GET /v1/outside?header=location|link``: a link on the API's own origin but outside ``/v1/``;
+- ``GET /v1/bigjson?bytes=N``: a JSON:API page of about ``N`` bytes, streamed, every asset with an
+  absolute ``links.self``, no ``Content-Length``;
+- ``GET /v1/hold?seconds=S``: like ``slow``, for a caller that holds slots (the slow holder).
 
 Every request is recorded; scripted faults answer the next authenticated requests.
 """
@@ -19,7 +28,9 @@ Every request is recorded; scripted faults answer the next authenticated request
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
@@ -179,7 +190,30 @@ class DataApi(Scriptable):
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": 'attachment; filename="assets.csv"', "ETag": '"assets-v1"'},
             )
-        if path == "slow":
+        if path == "reflect":
+            return self._reflect(request)
+        if path == "gzip":
+            size = int(params.get("bytes", str(1024 * 1024)))
+            return Response(
+                _gzip_zeros(size),
+                media_type="application/octet-stream",
+                headers={"Content-Encoding": "gzip"},
+            )
+        if path == "disposition":
+            response = Response(b"a,b\r\n", media_type="text/csv")
+            response.raw_headers.append((b"content-disposition", 'attachment; filename="\u20ac-report.csv"'.encode()))
+            return response
+        if path == "outside":
+            target = f"{self.public_url}/v2/elsewhere"
+            if params.get("header") == "link":
+                return JSONResponse({"ok": True}, headers={"Link": f'<{target}>; rel="next"'})
+            return JSONResponse({"ok": True}, status_code=201, headers={"Location": target})
+        if path == "bigjson":
+            return StreamingResponse(
+                _big_json(int(params.get("bytes", str(1024 * 1024))), f"{self.public_url}{API_ROOT}"),
+                media_type="application/vnd.api+json",
+            )
+        if path in ("slow", "hold"):
             await asyncio.sleep(float(params.get("seconds", "1")))
             return JSONResponse({"slow": True})
         if path == "large":
@@ -206,6 +240,19 @@ class DataApi(Scriptable):
         if path == "redirect":
             return Response(status_code=302, headers={"Location": params.get("to", "/v1/entities/assets")})
         return JSONResponse({"errors": [{"status": "404", "title": "Not Found"}]}, status_code=404)
+
+    def _reflect(self, request: Request) -> Response:
+        token = request.headers.get("authorization", "").partition(" ")[2]
+        own = f"{self.public_url}{API_ROOT}"
+        document = {
+            "echo": {"authorization": f"Bearer {token}"},
+            "links": {"next": f"{own}entities/assets?access_token={quote(token, safe='')}"},
+        }
+        headers = {
+            "Location": f"{own}jobs/1?token={token}",
+            "Link": f'<{own}entities/assets?t={quote(token, safe="")}>; rel="next"',
+        }
+        return JSONResponse(document, media_type="application/vnd.api+json", headers=headers)
 
     def _assets(self, request: Request) -> Response:
         params = request.query_params
@@ -238,6 +285,34 @@ async def _pattern(size: int) -> AsyncIterator[bytes]:
         piece = block[: min(_CHUNK, size - sent)]
         sent += len(piece)
         yield piece
+
+
+def _gzip_zeros(size: int) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    out = []
+    for start in range(0, size, len(block)):
+        out.append(compressor.compress(block[: min(len(block), size - start)]))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+async def _big_json(size: int, own: str) -> AsyncIterator[bytes]:
+    """About ``size`` bytes of JSON:API, in chunks: every asset links to itself with an absolute URL."""
+    yield b'{"data": ['
+    sent, number = 10, 0
+    while sent < size:
+        rows = []
+        for _ in range(200):
+            number += 1
+            row = json.dumps(
+                {**asset(number), "links": {"self": f"{own}entities/assets/A{number:04d}"}}, separators=(",", ":")
+            )
+            rows.append(("," if number > 1 else "") + row)
+        piece = "".join(rows).encode()
+        sent += len(piece)
+        yield piece
+    yield ('], "links": {"next": "' + own + 'entities/assets?page%5Bnumber%5D=2"}}').encode()
 
 
 def pattern_bytes(size: int) -> bytes:
