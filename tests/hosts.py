@@ -126,6 +126,9 @@ async def serve_host(
         broker = Broker(load_settings(os.environ))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it; without it, a response's head and body (two writes) meet the
+    # client's delayed ACK and every answer takes ~40 ms here (uvicorn binding its own socket sets it).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     server = _TestServer(server_config(create_app(broker), host="127.0.0.1", port=port, limits=limits), broker)

@@ -297,22 +297,32 @@ def _gzip_zeros(size: int) -> bytes:
     return b"".join(out)
 
 
-async def _big_json(size: int, own: str) -> AsyncIterator[bytes]:
-    """About ``size`` bytes of JSON:API, in chunks: every asset links to itself with an absolute URL."""
-    yield b'{"data": ['
-    sent, number = 10, 0
-    while sent < size:
-        rows = []
-        for _ in range(200):
+_BIG_JSON: dict[tuple[int, str], bytes] = {}
+
+
+def big_json(size: int, own: str) -> bytes:
+    """About ``size`` bytes of JSON:API: every asset links to itself with an absolute URL (made once per size)."""
+    key = (size, own)
+    if key not in _BIG_JSON:
+        rows: list[str] = []
+        sent, number = 10, 0
+        while sent < size:
             number += 1
             row = json.dumps(
                 {**asset(number), "links": {"self": f"{own}entities/assets/A{number:04d}"}}, separators=(",", ":")
             )
             rows.append(("," if number > 1 else "") + row)
-        piece = "".join(rows).encode()
-        sent += len(piece)
-        yield piece
-    yield ('], "links": {"next": "' + own + 'entities/assets?page%5Bnumber%5D=2"}}').encode()
+            sent += len(rows[-1])
+        tail = '], "links": {"next": "' + own + 'entities/assets?page%5Bnumber%5D=2"}}'
+        _BIG_JSON.clear()  # one size at a time: the stand-in should not pool pages either
+        _BIG_JSON[key] = ('{"data": [' + "".join(rows) + tail).encode()
+    return _BIG_JSON[key]
+
+
+async def _big_json(size: int, own: str) -> AsyncIterator[bytes]:
+    body = big_json(size, own)
+    for start in range(0, len(body), _CHUNK):
+        yield body[start : start + _CHUNK]
 
 
 def pattern_bytes(size: int) -> bytes:
@@ -320,4 +330,4 @@ def pattern_bytes(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-__all__ = ["API_ROOT", "ApiRequest", "DataApi", "Reply", "asset", "assets_csv", "pattern_bytes"]
+__all__ = ["API_ROOT", "ApiRequest", "DataApi", "Reply", "asset", "assets_csv", "big_json", "pattern_bytes"]
