@@ -3,27 +3,29 @@
 - **Throughput and latency.** The same load generator fetches a ~10 KB JSON page (JSON:API, with
   absolute links the broker rewrites) from the stand-in data API directly (with an iLevel token) and
   through ``python -m broker serve`` in proxy mode (with a caller token). Rounds alternate; medians.
-- **Memory.** The broker process's peak RSS (``VmHWM``) grows by how much when it passes one 50 MB
-  response on, against the body size; and the peak of Python allocations (tracemalloc) when the
-  Functions entry point, invoked as the worker does, passes the same body (its bridge joins the body).
+- **Memory.** Peak RSS (``VmHWM``) growth while one 50 MB body, JSON:API (links rewritten) and
+  octet-stream, passes through a fresh ``serve`` process (streamed), and through the Functions entry
+  point invoked as the worker does in a fresh child process (its bridge joins the body); baseline:
+  the body size.
+- **Stalls.** ``/api/health`` p99 while 4 large JSON pages stream through ``serve``; baseline: idle.
 - **Cold burst.** 200 concurrent proxied requests reach a fresh broker with an empty cache: token
   requests counted at the stand-in token endpoint (single-flight says 1).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import subprocess
-import tracemalloc
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
-from bench.functions import fresh_function_app, invocation
 from bench.server import broker_process, cpu_pinning, load
-from bench.stack import StandIns, environment
+from bench.stack import StandIns
 from bench.stats import Figure, median
 from broker.standin.dataapi import DataApi
 from broker.standin.oauth import TOKEN_PATH
@@ -56,27 +58,59 @@ def _peak_rss_bytes(process: subprocess.Popen[bytes]) -> int:
     raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
 
-def _functions_peak_bytes(servers: StandIns, settings: dict[str, str], caller: str, size: int) -> int:
-    """Peak Python allocations (tracemalloc) while the Functions entry point passes one body of ``size`` bytes."""
-    with environment({**servers.broker_env(), **settings}), fresh_function_app() as module:
-        handler = {f.get_function_name(): f for f in module.app.get_functions()}["http_app_func"]
-        function = handler.get_user_function()
+def _functions_rss_growth(servers: StandIns, settings: dict[str, str], caller: str, path: str) -> tuple[int, int]:
+    """Peak RSS growth (and the body size) while the Functions entry point, in a fresh child process, passes
+    the body at ``path``: the bridge's copies included, since it joins every body before the worker sends it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.proxy_functions_child", path],
+        env={**servers.broker_env(), **settings, "BENCH_CALLER": caller},
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.proxy_functions_child failed: {done.stderr.decode()[-2000:]}")
+    grown, size = done.stdout.split()[-2:]
+    return int(grown), int(size)
 
-        async def measure() -> int:
-            warm = await function(invocation("/api/proxy/ilevel/entities/assets", caller), None)
-            if warm.status_code != 200:
-                raise RuntimeError(f"the warm-up proxied invocation answered {warm.status_code}")
-            tracemalloc.start()
-            try:
-                answer = await function(invocation(f"/api/proxy/ilevel/large?bytes={size}", caller), None)
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
-            if answer.status_code != 200 or len(answer.get_body()) != size:
-                raise RuntimeError(f"the large body came back as {answer.status_code}")
-            return peak
 
-        return asyncio.run(measure())
+def _serve_rss_growth(process: subprocess.Popen[bytes], url: str, caller: str, *, expected: int) -> int:
+    """Peak RSS growth of the ``serve`` process while one body streams through it to a caller."""
+    before = _peak_rss_bytes(process)
+    received = 0
+    with httpx.stream("GET", url, headers={"Authorization": f"Bearer {caller}"}, timeout=300) as response:
+        for chunk in response.iter_raw(1024 * 1024):
+            received += len(chunk)
+    if response.status_code != 200 or received < expected:
+        raise RuntimeError(f"the large body came back as {response.status_code}, {received} bytes")
+    return _peak_rss_bytes(process) - before
+
+
+def _health_p99_ms(base: str, *, while_fetching: list[str], caller: str, samples: int = 200) -> float:
+    """/api/health p99 (ms) over ``samples`` sequential requests, while ``while_fetching`` URLs stream in threads."""
+    stop = threading.Event()
+
+    def fetch(url: str) -> None:
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {caller}"}, timeout=300) as response:
+            for _ in response.iter_raw(1024 * 1024):
+                pass
+
+    threads = [threading.Thread(target=fetch, args=(url,)) for url in while_fetching]
+    for thread in threads:
+        thread.start()
+    latencies: list[float] = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while len(latencies) < samples and (not threads or any(t.is_alive() for t in threads)):
+            started = time.perf_counter()
+            client.get("/api/health").raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.01)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    return latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
 
 
 def run(
@@ -99,7 +133,16 @@ def run(
     log: IO[Any] | None = open(log_dir / "proxy-server.log", "w") if log_dir else None  # noqa: SIM115
     with run_server(api) as api_server:
         api.public_url = api_server.url
-        settings = {"BROKER_ILEVEL_MODE": "proxy", "BROKER_ILEVEL_API_BASE_URL": api.base_url}
+        cap_mb = str(max(32, body_bytes // (1024 * 1024) + 16))
+        settings = {
+            "BROKER_ILEVEL_MODE": "proxy",
+            "BROKER_ILEVEL_API_BASE_URL": api.base_url,
+            "BROKER_PROXY_MAX_RESPONSE_MB": cap_mb,
+        }
+        bodies = {
+            "JSON": f"/api/proxy/ilevel/bigjson?bytes={body_bytes}",
+            "octet-stream": f"/api/proxy/ilevel/large?bytes={body_bytes}",
+        }
         page = f"entities/assets?page%5Bsize%5D={PAGE_SIZE}&page%5Bnumber%5D=2"
         direct_url = api.base_url + page
         ilevel = _ilevel_token(servers)
@@ -124,22 +167,20 @@ def run(
                             load(url, duration_s=duration_s / 2 if width == 1 else duration_s, connections=width,
                                  caller=header, cpu=load_cpu, warmup_s=warmup_s)
                         )  # fmt: skip
-                # Memory: one 50 MB body through the warm broker.
-                process = started[0]
-                before = _peak_rss_bytes(process)
-                received = 0
-                with httpx.stream(
-                    "GET",
-                    f"{base}/api/proxy/ilevel/large?bytes={body_bytes}",
-                    headers={"Authorization": f"Bearer {caller}"},
-                    timeout=120,
-                ) as response:
-                    for chunk in response.iter_bytes():
-                        received += len(chunk)
-                if response.status_code != 200 or received != body_bytes:
-                    raise RuntimeError(f"the large body came back as {response.status_code}, {received} bytes")
-                grown = _peak_rss_bytes(process) - before
-            functions_peak = _functions_peak_bytes(servers, settings, caller, body_bytes)
+                # Event-loop stalls: health p99 idle, then while 4 large JSON pages stream through.
+                health_idle = _health_p99_ms(base, while_fetching=[], caller=caller)
+                pages = [f"{base}{bodies['JSON']}&n={n}" for n in range(4)]
+                health_loaded = _health_p99_ms(base, while_fetching=pages, caller=caller)
+            # Memory: one large body through a fresh, warm broker per host and content type.
+            grown: dict[str, int] = {}
+            functions_grown: dict[str, int] = {}
+            for kind, path in bodies.items():
+                process_list: list[subprocess.Popen[bytes]] = []
+                with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings, started=process_list) as b:
+                    warm = httpx.get(f"{b}/api/proxy/ilevel/{page}", headers={"Authorization": f"Bearer {caller}"})
+                    warm.raise_for_status()
+                    grown[kind] = _serve_rss_growth(process_list[0], f"{b}{path}", caller, expected=body_bytes)
+                functions_grown[kind] = _functions_rss_growth(servers, settings, caller, path)[0]
             # Cold burst: a fresh broker, an empty cache.
             with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings) as base:
                 servers.reset()
@@ -186,21 +227,41 @@ def run(
             "ms",
             "same page from the API directly",
         ),
-        Figure(
-            "proxy",
-            f"proxy: peak RSS growth passing a {body_bytes // (1024 * 1024)} MB body",
-            grown / (1024 * 1024),
-            body_bytes / (1024 * 1024),
-            "MB",
-            "body size",
+        *(
+            Figure(
+                "proxy",
+                f"proxy: peak RSS growth, serve, {body_bytes // (1024 * 1024)} MB {kind}",
+                grown[kind] / (1024 * 1024),
+                body_bytes / (1024 * 1024),
+                "MB",
+                "body size",
+                target="<= 8 MB",
+                met=grown[kind] <= 8 * 1024 * 1024,
+            )
+            for kind in bodies
+        ),
+        *(
+            Figure(
+                "proxy",
+                f"proxy: peak RSS growth, Functions entry point, {body_bytes // (1024 * 1024)} MB {kind}",
+                functions_grown[kind] / (1024 * 1024),
+                body_bytes / (1024 * 1024),
+                "MB",
+                "body size",
+                target="<= 2.0x",
+                met=functions_grown[kind] <= 2.0 * body_bytes,
+            )
+            for kind in bodies
         ),
         Figure(
             "proxy",
-            f"proxy: Functions entry point, peak allocations passing a {body_bytes // (1024 * 1024)} MB body",
-            functions_peak / (1024 * 1024),
-            body_bytes / (1024 * 1024),
-            "MB",
-            "body size",
+            "proxy: health p99 while 4 large JSON pages are proxied (serve)",
+            health_loaded,
+            health_idle,
+            "ms",
+            "health p99 idle",
+            target="<= 50 ms",
+            met=health_loaded <= 50,
         ),
         Figure(
             "proxy",
@@ -220,10 +281,11 @@ def run(
         "page_bytes": page_bytes,
         "rounds": runs,
         "memory": {
-            "peak_rss_growth_bytes": grown,
-            "functions_peak_traced_bytes": functions_peak,
+            "serve_peak_rss_growth_bytes": grown,
+            "functions_peak_rss_growth_bytes": functions_grown,
             "body_bytes": body_bytes,
         },
+        "health_p99_ms": {"idle": health_idle, "while_4_pages": health_loaded},
         "cold_burst": cold,
         "settings": {
             "rounds": rounds,

@@ -71,6 +71,8 @@ _TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
 PROXY_PREFIX = "/api/proxy/"
 # On every error the broker makes itself on the proxy route, so a caller can tell it from the API's own.
 BROKER_ERROR_HEADER = "X-Broker-Error"
+# A proxied body up to this size is read whole before the answer starts (then sent with Content-Length).
+WHOLE_BODY_BYTES = 256 * 1024
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 
@@ -436,7 +438,20 @@ async def proxy(broker: Broker, request: Request, access: Access) -> Response:
         )
     )
     access.fields.update(upstream_ms=f"{forwarded.upstream_latency_s * 1000:.1f}", token=forwarded.token_fingerprint)
-    return _Proxied(forwarded, access)
+    try:
+        # A small body is read whole first: it goes out with a Content-Length, in one piece, and a
+        # failure while reading it is still an error response rather than an aborted one.
+        head: list[bytes] = []
+        size = 0
+        async for chunk in forwarded.body:
+            head.append(chunk)
+            size += len(chunk)
+            if size > WHOLE_BODY_BYTES:
+                return _Proxied(forwarded, access, head, complete=False)
+    except BaseException:
+        await forwarded.aclose()
+        raise
+    return _Proxied(forwarded, access, head, complete=True)
 
 
 def _proxied(broker: Broker, access: Access, error: BrokerError | None) -> None:
@@ -522,19 +537,30 @@ class ResponseAborted(Exception):
 class _Proxied(Response):
     """The upstream's status, allowed headers (raw bytes) and body, sent chunk by chunk as it arrives."""
 
-    def __init__(self, forwarded: Forwarded, access: Access) -> None:
+    def __init__(self, forwarded: Forwarded, access: Access, head: list[bytes], *, complete: bool) -> None:
         self.status_code = forwarded.status
         self.raw_headers = list(forwarded.headers)
         self.background = None
         self._forwarded = forwarded
         self._access = access
+        self._head = head
+        self._complete = complete
+        if complete:
+            self.raw_headers.append((b"content-length", str(sum(len(c) for c in head)).encode()))
         access.fields["body"] = "complete"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         forwarded, access = self._forwarded, self._access
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if self._complete:
+                body, self._head = b"".join(self._head), []
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
             try:
+                for chunk in self._head:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self._head = []
                 async for chunk in forwarded.body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except BrokerError as error:
