@@ -15,6 +15,7 @@ key-or-value role is not known yet). ``finish()`` gives back what is still carri
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import zlib
 from collections.abc import Iterable
@@ -95,10 +96,11 @@ class Decoder:
             raise self._too_big
 
 
-def token_forms(token: str) -> list[bytes]:
+@functools.lru_cache(maxsize=16)
+def token_forms(token: str) -> tuple[bytes, ...]:
     """The ways a reflected token can appear: raw, percent-encoded, form-encoded, JSON-escaped."""
     forms = {token, quote(token, safe=""), quote_plus(token, safe=""), token.replace("/", "\\/")}
-    return sorted((form.encode("utf-8") for form in forms if form), key=len, reverse=True)
+    return tuple(sorted((form.encode("utf-8") for form in forms if form), key=len, reverse=True))
 
 
 class Redactor:
@@ -186,10 +188,7 @@ class JsonLinks:
     """
 
     def __init__(self, base_url: str, root: str) -> None:
-        rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
-        # Starts with a literal quote, which the regex engine scans for quickly.
-        self._pattern = re.compile(rb'"' + _prefix_pattern(base_url) + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))")
-        self._replacement = root.encode("utf-8")
+        self._fast, self._first, self._general, self._template = _link_patterns(base_url, root)
         self._carry = b""
         self._before = b""  # the last non-blank byte sent, or b"" at the start
         self._in_string = False  # only after a pathological string was passed on unfinished
@@ -229,28 +228,36 @@ class JsonLinks:
             return b""
         context = self._before
         data = context + window
-        out: list[bytes] = []
-        last = len(context)
-        for match in self._pattern.finditer(data):
-            quote = match.start()
-            i = quote - 1
-            while i >= 0 and data[i] in _BLANK:
-                i -= 1
-            if i >= 0 and data[i] not in _OPENERS:
-                continue  # a closing or escaped quote, or a string not in a value's place
-            out.append(data[last : quote + 1])
-            out.append(self._replacement)
-            self.rewritten += 1
-            last = match.end()
-        out.append(data[last:])
+        if not context and window.lstrip(b" \t\r\n")[:1] == b'"':
+            pattern, template = self._first, b"\\g<1>" + self._template  # the document is one string
+        elif any(blank in window for blank in _RARE_BLANKS):
+            pattern, template = self._general, b"\\g<1>" + self._template
+        else:
+            # Compact JSON (what APIs send): a pattern led by the literal quote, which the regex
+            # engine finds fast, with the opener in a fixed-width lookbehind.
+            pattern, template = self._fast, b'"' + self._template
+        out, count = pattern.subn(template, data)
+        self.rewritten += count
         stripped = window.rstrip(b" \t\r\n")
         if stripped:
             self._before = stripped[-1:]
-        return b"".join(out)
+        return out[len(context) :]
 
 
-_BLANK = frozenset(b" \t\r\n")
-_OPENERS = frozenset(b":[,")
+# Blanks the fast pattern's one-character lookbehind cannot see past (pretty-printed JSON).
+_RARE_BLANKS = (b"  ", b"\n", b"\r", b"\t")
+
+
+@functools.lru_cache(maxsize=32)
+def _link_patterns(base_url: str, root: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
+    """Compiled once per (base, root): fast (compact JSON), first (the document's start), general."""
+    prefix = _prefix_pattern(base_url)
+    rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
+    tail = prefix + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
+    fast = re.compile(rb'"(?:(?<=[:\[,]")|(?<=[:\[,][ \t\r\n]"))' + tail)
+    first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
+    general = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)
+    return fast, first, general, root.encode("utf-8").replace(b"\\", b"\\\\")
 
 
 def _cut(data: bytes) -> tuple[int, bool]:
