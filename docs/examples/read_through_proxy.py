@@ -7,13 +7,17 @@
 
 The broker must run the provider in proxy mode (``BROKER_ILEVEL_MODE=proxy`` or ``both``). The caller
 never sees an iLevel token: it sends its own Entra token for the broker, and follows ``links.next``,
-which the broker has already rewritten to point at itself.
+which the broker has already rewritten to point at itself. It follows a link **only** when it lies under
+the broker's own proxy root for the provider (same scheme, host and port, path under
+``/api/proxy/<provider>/``): any other link would carry the caller's Entra token somewhere else, so it
+raises instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from azure.core.credentials import TokenCredential
@@ -33,6 +37,21 @@ class ProxyError(RuntimeError):
         self.broker_error = broker_error
 
 
+class UnsafeLink(RuntimeError):
+    """A ``links.next`` outside the broker's proxy root: not followed, so the Entra token stays with the broker."""
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def under_root(url: str, root: str) -> bool:
+    """Whether ``url`` lies under ``root`` (origin compared case-insensitively, default ports implicit)."""
+    return _origin(url) == _origin(root) and urlsplit(url).path.startswith(urlsplit(root).path)
+
+
 def iter_pages(
     broker_url: str,
     scope: str,
@@ -44,7 +63,8 @@ def iter_pages(
 ) -> Iterator[dict[str, Any]]:
     """Yield each JSON page of ``path`` (relative to the provider's API root), following ``links.next``."""
     credential = credential or DefaultAzureCredential()
-    url: str | None = f"{broker_url.rstrip('/')}/api/proxy/{provider}/{path.lstrip('/')}"
+    root = f"{broker_url.rstrip('/')}/api/proxy/{provider}/"
+    url: str | None = root + path.lstrip("/")
     own = client or httpx.Client(timeout=TIMEOUT_S)
     try:
         while url:
@@ -56,6 +76,8 @@ def iter_pages(
             page: dict[str, Any] = response.json()
             yield page
             url = (page.get("links") or {}).get("next")
+            if url and not under_root(url, root):
+                raise UnsafeLink(f"links.next is not under {root}; not following it with the caller's token")
     finally:
         if client is None:
             own.close()

@@ -74,3 +74,32 @@ async def test_the_python_example_says_whose_error_it_is(rig: Rig, stack: Stack)
             await asyncio.to_thread(first_page)
     assert caught.value.status == 403
     assert caught.value.broker_error == "insufficient_scope"
+
+
+def test_the_python_example_follows_only_links_under_the_brokers_proxy_root() -> None:
+    """A next link on the API's own host (or anywhere else) is refused, so the Entra token goes nowhere else."""
+    module = example()
+    root = "https://func-broker.azurewebsites.net/api/proxy/ilevel/"
+    assert module.under_root("https://FUNC-broker.azurewebsites.net:443/api/proxy/ilevel/entities?p=2", root)
+    for url in (
+        "https://api.ilevelsolutions.com/v1/entities?p=2",
+        "https://func-broker.azurewebsites.net/api/token/ilevel",
+        "http://func-broker.azurewebsites.net/api/proxy/ilevel/x",
+        "https://func-broker.azurewebsites.net.evil.example/api/proxy/ilevel/x",
+    ):
+        assert not module.under_root(url, root), url
+
+    class OneHostilePage(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, json={"data": [], "links": {"next": "https://api.ilevelsolutions.com/v1/x"}})
+
+    pages = module.iter_pages(
+        "https://func-broker.azurewebsites.net",
+        "scope",
+        "entities",
+        CallerCredential("entra-token"),
+        client=httpx.Client(transport=OneHostilePage()),
+    )
+    assert next(pages) == {"data": [], "links": {"next": "https://api.ilevelsolutions.com/v1/x"}}
+    with pytest.raises(module.UnsafeLink):
+        next(pages)
