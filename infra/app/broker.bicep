@@ -13,6 +13,7 @@ param fleetCacheContainerName string
 
 @description('Key Vault secret holding the fleet cache key material (BROKER_FLEET_CACHE_KEY_SECRET).')
 param fleetCacheKeySecretName string
+
 param applicationInsightsName string
 param keyVaultUri string
 param appIdUri string
@@ -77,7 +78,7 @@ var appSettings = {
 // Broker settings an operator changes through azd (main.parameters.json maps each from the azd
 // variable of the same name). An empty value is written as an empty setting, which the broker reads
 // as "not set" and answers with its default (broker/config.py strips and skips blank values).
-// tests/infra/test_settings_crosscheck.py traces each documented azd setting through here.
+// tests/infra/test_settings_through_azd.py traces each documented azd setting through here.
 // --- settings through azd: begin ---
 var operatorSettings = {
   BROKER_PROXY_TIMEOUT_SECONDS: trim(proxyTimeoutSeconds)
