@@ -79,13 +79,13 @@ param instanceMemoryMB int = 2048
 
 // Broker settings an operator may change through azd (docs/deploy.md, "App settings through azd").
 // Empty: the setting is left out and the broker uses its own default.
-@description('BROKER_PROXY_TIMEOUT_SECONDS: seconds one proxied upstream call may take (1-220). Empty: the broker\'s default.')
+@description('BROKER_PROXY_TIMEOUT_SECONDS: seconds a whole proxied request may take (1-160, docs/reference.md). Empty: the broker\'s default.')
 param proxyTimeoutSeconds string = ''
 
-@description('BROKER_PROXY_MAX_RESPONSE_MB: largest proxied response, in MB (1-1024). Empty: the broker\'s default.')
+@description('BROKER_PROXY_MAX_RESPONSE_MB: largest proxied response, in MiB (1-1024, docs/reference.md). Empty: the broker\'s default.')
 param proxyMaxResponseMb string = ''
 
-@description('BROKER_TOKEN_BUDGET_SECONDS: seconds a token request may take, retries included (1-50). Empty: the broker\'s default.')
+@description('BROKER_TOKEN_BUDGET_SECONDS: seconds a whole token request may take, retries included (1-50, docs/reference.md). Empty: the broker\'s default.')
 param tokenBudgetSeconds string = ''
 
 // The broker is async and I/O-bound: one instance answers hundreds of concurrent cached-token
