@@ -439,3 +439,15 @@ def test_fleet_cache_key_is_generated_secret_and_never_output() -> None:
     for path in bicep_files():
         for output in re.findall(r"^output .+$", text(path), re.M):
             assert not re.search(r"\bfleetCacheKey\b", output), f"{path.name}: {output}"
+
+
+def test_site_configs_pass_only_keys_their_config_type_declares() -> None:
+    """Each configs[] entry of the site module uses keys of its type at the pinned version (module source)."""
+    known = json.loads(text(Path(__file__).parent / "avm_parameters.json"))["modules"]
+    pinned = re.search(r"^module app '(br/public:[^']+)'", text(BROKER), re.M)
+    assert pinned
+    types = known[pinned[1].removeprefix("br/public:")]["config_types"]
+    for name, config in site_configs().items():
+        assert name in types, f"configs entry {name!r} is not a config type this repo recorded"
+        unknown = set(config) - set(types[name])
+        assert not unknown, f"configs entry {name!r} passes {sorted(unknown)}, unknown to its type"
