@@ -6,6 +6,11 @@ managed identity), ``KEY_VAULT_URL``, a secret (a paste accident, by name, lengt
 SHA-256 fingerprint, never the value), the token URL, the client authentication
 variant, or the credentials themselves. It stops at the first of these that fails, so a
 verdict never blames the credentials for a wrong URL. Never prints a secret or a token.
+
+The steps are :func:`diagnose`, run with any broker: ``check`` builds its own; the diagnostics
+route (:mod:`broker.diagnostics`) runs them inside the app with the app's, which is where a
+private vault is reachable. A vault's 403 is told apart by its inner code: the network
+(``ForbiddenByConnection``, ``ForbiddenByFirewall``), which no role fixes, or a missing role.
 """
 
 from __future__ import annotations
