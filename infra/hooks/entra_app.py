@@ -26,6 +26,12 @@ From the azd environment (azd passes `azd env get-values` to hooks as environmen
    role to those in BROKER_<NAME>_CALLER_PRINCIPAL_IDS (comma-separated; e.g. a factory's identity).
 6. Stores BROKER_API_CLIENT_ID, BROKER_APP_ID_URI and BROKER_PROVIDER_SETTINGS (the provider app
    settings, base64 JSON) in the azd environment for this run's Bicep parameters (azd >= 1.21.0).
+7. Operators (the diagnostics route, ``check --remote``): the app role ``Broker.Operator`` for users and
+   applications, the delegated scope ``Diagnostics.Run`` with the Azure CLI pre-authorised for it (so an
+   ``az login`` user gets a token without a consent prompt), and Broker.Operator granted to the deployer
+   (AZURE_PRINCIPAL_ID) unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and to the object ids in
+   BROKER_OPERATOR_PRINCIPAL_IDS. A grant Graph refuses (assigning app roles needs an admin role) is
+   reported with the command an administrator runs; the rest of the deployment goes on.
 
 Why a hook and not the Microsoft Graph Bicep extension: its ``extension microsoftGraphV1`` syntax is
 beyond the Bicep parser checkov uses, so it would turn the policy check into a parsing error.
@@ -51,6 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_client import Graph, GraphError, HookError, az_graph_token, http_send  # noqa: E402
 
 ROLE_PREFIX = "Token.Read."
+# Who may run the diagnostics route: a user (delegated token with this scope) or an application.
+OPERATOR_ROLE = "Broker.Operator"
+DIAGNOSTICS_SCOPE = "Diagnostics.Run"
+# The Azure CLI's public client id: pre-authorised for Diagnostics.Run so `az login` users need no consent.
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 PROVIDER_NAME = re.compile(r"[a-z0-9-]{1,32}")
 DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
 # Per-provider settings (broker/config.py PROVIDER_SETTING_SUFFIXES) copied from the azd environment
@@ -93,6 +104,24 @@ def object_ids(value: str | None, setting: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class OperatorConfig:
+    """Who gets Broker.Operator: the deployer unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and any listed ids."""
+
+    principal_ids: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
+        flag = env.get("BROKER_GRANT_DEPLOYER_OPERATOR", "").strip().lower()
+        if flag not in ("", "true", "false", "1", "0", "yes", "no"):
+            raise HookError(f"BROKER_GRANT_DEPLOYER_OPERATOR must be true or false, not {flag!r}")
+        deployer = (
+            () if flag in ("false", "0", "no") else object_ids(env.get("AZURE_PRINCIPAL_ID"), "AZURE_PRINCIPAL_ID")
+        )
+        listed = object_ids(env.get("BROKER_OPERATOR_PRINCIPAL_IDS"), "BROKER_OPERATOR_PRINCIPAL_IDS")
+        return cls(tuple(dict.fromkeys((*deployer, *listed))))
+
+
+@dataclass(frozen=True)
 class HookConfig:
     """What the hook needs, read once from the azd environment and checked before any Graph call."""
 
@@ -104,6 +133,7 @@ class HookConfig:
     app_id_uri: str
     callers: Mapping[str, tuple[str, ...]]
     provider_settings: Mapping[str, str] = field(default_factory=dict)
+    operators: OperatorConfig = field(default_factory=lambda: OperatorConfig(()))
 
     @property
     def display_name(self) -> str:
@@ -135,6 +165,7 @@ class HookConfig:
             app_id_uri=env.get("BROKER_APP_ID_URI", "").strip(),
             callers=callers,
             provider_settings=provider_settings(providers, env),
+            operators=OperatorConfig.from_env(env),
         )
 
 
@@ -208,6 +239,84 @@ def plan_roles(existing: list[dict[str, Any]], providers: tuple[str, ...]) -> tu
     return roles, changes
 
 
+def new_operator_role() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "allowedMemberTypes": ["User", "Application"],
+        "description": "Run the token broker's diagnostics (GET /api/diagnostics) as a user or an application",
+        "displayName": "Broker operator",
+        "isEnabled": True,
+        "value": OPERATOR_ROLE,
+    }
+
+
+def plan_operator_role(existing: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], str]:
+    """The appRoles PATCH bodies that give Broker.Operator for users and applications (none if it has that).
+
+    An enabled role whose member types lack one takes two PATCHes, as Graph demands: disable it, then
+    write it with both member types, enabled.
+    """
+    role = next((r for r in existing if r.get("value") == OPERATOR_ROLE), None)
+    if role is None:
+        return [[*existing, new_operator_role()]], f"added the app role {OPERATOR_ROLE}"
+    wanted = {**role, "allowedMemberTypes": ["User", "Application"], "isEnabled": True}
+    if set(role.get("allowedMemberTypes") or []) == {"User", "Application"} and role.get("isEnabled"):
+        return [], ""
+
+    def swap(replacement: dict[str, Any]) -> list[dict[str, Any]]:
+        return [replacement if r is role else r for r in existing]
+
+    if not role.get("isEnabled"):
+        return [swap(wanted)], f"enabled the app role {OPERATOR_ROLE} for users and applications"
+    return (
+        [swap({**role, "isEnabled": False}), swap(wanted)],
+        f"changed the app role {OPERATOR_ROLE} to users and applications (disabled, then rewritten)",
+    )
+
+
+def new_diagnostics_scope() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "value": DIAGNOSTICS_SCOPE,
+        # Consent is no gate here: the route also wants the Broker.Operator role, which only an admin assigns.
+        "type": "User",
+        "isEnabled": True,
+        "adminConsentDisplayName": "Run the token broker's diagnostics",
+        "adminConsentDescription": "Lets the signed-in user run the token broker's diagnostics, if they hold the "
+        "Broker.Operator role.",
+        "userConsentDisplayName": "Run the token broker's diagnostics",
+        "userConsentDescription": "Lets you run the token broker's diagnostics, if you hold the Broker.Operator role.",
+    }
+
+
+def plan_diagnostics_scope(existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str, str]:
+    """The oauth2PermissionScopes with Diagnostics.Run enabled, its id, and what changed ("" for nothing).
+    An enabled scope is kept byte for byte (Graph refuses to update it); a disabled one is re-enabled."""
+    scope = next((s for s in existing if s.get("value") == DIAGNOSTICS_SCOPE), None)
+    if scope is None:
+        scope = new_diagnostics_scope()
+        return [*existing, scope], scope["id"], f"added the delegated scope {DIAGNOSTICS_SCOPE}"
+    if scope.get("isEnabled"):
+        return existing, str(scope["id"]), ""
+    enabled = {**scope, "isEnabled": True}
+    return (
+        [enabled if s is scope else s for s in existing],
+        str(scope["id"]),
+        f"re-enabled the delegated scope {DIAGNOSTICS_SCOPE}",
+    )
+
+
+def plan_cli_preauthorization(existing: list[dict[str, Any]], scope_id: str) -> tuple[list[dict[str, Any]], str]:
+    """preAuthorizedApplications with the Azure CLI allowed ``scope_id``; other clients and scopes kept."""
+    entry = next((p for p in existing if p.get("appId") == AZURE_CLI_CLIENT_ID), None)
+    ids = list((entry or {}).get("delegatedPermissionIds") or [])
+    if scope_id in ids:
+        return existing, ""
+    updated = {"appId": AZURE_CLI_CLIENT_ID, "delegatedPermissionIds": [*ids, scope_id]}
+    others = [p for p in existing if p is not entry]
+    return [*others, updated], f"pre-authorised the Azure CLI ({AZURE_CLI_CLIENT_ID}) for {DIAGNOSTICS_SCOPE}"
+
+
 @dataclass
 class Outcome:
     app_id: str
@@ -218,6 +327,7 @@ class Outcome:
     granted: list[tuple[str, str]] = field(default_factory=list)
     # Grants Graph refused with 403 (no admin role): each printed as the command an administrator runs.
     left_to_admin: list[tuple[str, str]] = field(default_factory=list)
+    operator_changes: list[str] = field(default_factory=list)
 
 
 class EntraApp:
@@ -238,8 +348,12 @@ class EntraApp:
         outcome.app_id_uri = self.ensure_identifier_uri(app, tenant, just_created=created)
         self.env_set("BROKER_APP_ID_URI", outcome.app_id_uri)
         outcome.role_changes = self.ensure_roles(app, just_created=created)
+        outcome.operator_changes = self.ensure_operator_access(app, just_created=created)
         sp, outcome.created_service_principal = self.ensure_service_principal(app["appId"])
         outcome.granted, outcome.left_to_admin = self.grant_callers(sp["id"], self.current_roles(app))
+        granted, refused = self.grant_operators(sp["id"], self.current_roles(app))
+        outcome.granted += granted
+        outcome.left_to_admin += refused
         self.env_set("BROKER_PROVIDER_SETTINGS", encode_settings(self.config.provider_settings))
         return outcome
 
@@ -378,6 +492,59 @@ class EntraApp:
             return False
         self.log(f"entra-app: granted {role} to {caller}")
         return True
+
+    # --- operators: Broker.Operator, Diagnostics.Run and the Azure CLI's pre-authorisation ----------------
+
+    def ensure_operator_access(self, app: dict[str, Any], *, just_created: bool) -> list[str]:
+        """The operator role, the delegated scope, then the Azure CLI pre-authorised for that scope.
+
+        Three PATCHes at most, each only when something is missing: Graph refuses to change an enabled role
+        or scope in place, and a pre-authorisation names a scope id that must already exist.
+        """
+        changes: list[str] = []
+        roles, role_change = plan_operator_role(list(app.get("appRoles") or []))
+        if role_change:
+            for step in roles:
+                self._patch_app(app, {"appRoles": step}, just_created=just_created)
+            changes.append(role_change)
+        api = dict(app.get("api") or {})
+        scopes, scope_id, scope_change = plan_diagnostics_scope(list(api.get("oauth2PermissionScopes") or []))
+        if scope_change:
+            api["oauth2PermissionScopes"] = scopes
+            self._patch_app(app, {"api": dict(api)}, just_created=just_created)
+            changes.append(scope_change)
+        pre, pre_change = plan_cli_preauthorization(list(api.get("preAuthorizedApplications") or []), scope_id)
+        if pre_change:
+            api["preAuthorizedApplications"] = pre
+            self._patch_app(app, {"api": dict(api)}, just_created=just_created)
+            changes.append(pre_change)
+        for change in changes:
+            self.log(f"entra-app: {change}")
+        return changes
+
+    def grant_operators(
+        self, sp_id: str, role_ids: dict[str, str]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Broker.Operator to each operator without it; returns (granted, left to an administrator after a 403).
+        The broker works without these grants: only the diagnostics route needs them."""
+        operators = self.config.operators.principal_ids
+        if not operators:
+            return [], []
+        role_id = role_ids[OPERATOR_ROLE]
+        have = {
+            str(a["principalId"]).lower()
+            for a in self.graph.list(f"/servicePrincipals/{sp_id}/appRoleAssignedTo")
+            if str(a["appRoleId"]).lower() == role_id.lower()
+        }
+        granted, refused = [], []
+        for principal in operators:
+            if principal in have:
+                continue
+            if self._grant(sp_id, principal, OPERATOR_ROLE, role_id):
+                granted.append((principal, OPERATOR_ROLE))
+            else:
+                refused.append((principal, OPERATOR_ROLE))
+        return granted, refused
 
     def _patch_app(self, app: dict[str, Any], change: dict[str, Any], *, just_created: bool) -> None:
         self.graph.request("PATCH", f"/applications/{app['id']}", change, just_created=just_created)

@@ -20,13 +20,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "hooks"))
 sys.path.insert(0, str(Path(__file__).parent))
 import entra_app  # noqa: E402
-from entra_app import EntraApp, HookConfig, Outcome, plan_roles  # noqa: E402
+from entra_app import AZURE_CLI_CLIENT_ID, EntraApp, HookConfig, Outcome, plan_roles  # noqa: E402
 from graph_client import RETRY_DELAYS_S, Graph, HookError, Reply, az_graph_token  # noqa: E402
 from graph_fake import FakeGraph, Request, app_id_only_policy, secure_uri_policy  # noqa: E402
 
 SUBSCRIPTION = "11111111-2222-4333-8444-555555555555"
 FACTORY = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 EXISTING_APP_ID = "5b1f7e0c-2d4a-4c51-9f8e-1a2b3c4d5e6f"
+DEPLOYER = "d3b10e00-1111-4222-8333-444455556666"
+OPERATOR = "0e0e0e0e-1111-4222-8333-444455556666"
 
 
 @dataclass
@@ -84,7 +86,7 @@ def test_first_run_creates_one_app_with_a_secure_uri_and_a_role_per_provider() -
     assert env.values["BROKER_APP_ID_URI"] == app["identifierUris"][0]
     assert env.values["BROKER_API_CLIENT_ID"] == app["appId"]
     assert app["tags"] == [f"ilevel-token-broker/{SUBSCRIPTION}/dev"]
-    assert set(roles(graph)) == {"Token.Read.ilevel"}
+    assert set(roles(graph)) == {"Token.Read.ilevel", "Broker.Operator"}
     assert graph.service_principals[0]["appRoleAssignmentRequired"] is True
     assert [(a["principalId"], a["appRoleId"]) for a in graph.assignments] == [
         (FACTORY, roles(graph)["Token.Read.ilevel"]["id"])
@@ -154,7 +156,11 @@ def test_existing_app_is_found_by_the_stored_app_id_and_keeps_its_uri_and_roles(
     assert not outcome.created_app
     assert outcome.app_id_uri == "api://ilevel-token-broker-dev"
     assert roles(graph)["Token.Read.ilevel"] == before
-    assert writes(graph) == []
+    # The only writes add what operators need (tests/infra below); the URI and the provider role stay.
+    assert all(w.method == "PATCH" and set(w.body) <= {"appRoles", "api"} for w in writes(graph))
+    first = len(graph.conversation)
+    env.run(graph)
+    assert writes(graph, first) == []
 
 
 def test_rerun_after_the_role_text_changed_in_code_keeps_the_enabled_role() -> None:
@@ -207,7 +213,7 @@ def test_providers_without_ilevel_need_no_ilevel_role() -> None:
         BROKER_CALLER_PRINCIPAL_IDS=FACTORY,
     )
     env.run(graph)
-    assert set(roles(graph)) == {"Token.Read.other"}
+    assert set(roles(graph)) == {"Token.Read.other", "Broker.Operator"}
     assert graph.assignments[0]["appRoleId"] == roles(graph)["Token.Read.other"]["id"]
     assert env.settings() == {
         "BROKER_PROVIDERS": "other",
@@ -440,3 +446,128 @@ def test_a_principal_id_that_is_not_a_guid_is_a_clear_error() -> None:
     """A name or an appId typo in a caller list is refused before any Graph call, naming the variable."""
     with pytest.raises(HookError, match=r"BROKER_ILEVEL_CALLER_PRINCIPAL_IDS lists 'my-factory'"):
         HookConfig.from_env(azd(BROKER_ILEVEL_CALLER_PRINCIPAL_IDS="my-factory").values)
+
+
+# --- operators: Broker.Operator, Diagnostics.Run, the Azure CLI pre-authorised ----------------------------
+
+
+def operator_assignments(graph: FakeGraph) -> set[str]:
+    role_id = roles(graph)["Broker.Operator"]["id"]
+    return {a["principalId"] for a in graph.assignments if a["appRoleId"] == role_id}
+
+
+def api(graph: FakeGraph) -> dict[str, Any]:
+    (app,) = graph.applications
+    return dict(app["api"])
+
+
+def test_operators_get_a_role_for_users_and_apps_a_scope_and_the_azure_cli_preauthorised() -> None:
+    """Broker.Operator for User and Application, scope exactly Diagnostics.Run, the CLI pre-authorised for it,
+    and the deployer (AZURE_PRINCIPAL_ID) holding the role; a second run writes nothing."""
+    graph, env = fresh(), azd(AZURE_PRINCIPAL_ID=DEPLOYER)
+    outcome = env.run(graph)
+    role = roles(graph)["Broker.Operator"]
+    assert role["allowedMemberTypes"] == ["User", "Application"] and role["isEnabled"] is True
+    (scope,) = api(graph)["oauth2PermissionScopes"]
+    assert scope["value"] == "Diagnostics.Run" and scope["isEnabled"] is True
+    assert api(graph)["preAuthorizedApplications"] == [
+        {"appId": "04b07795-8ddb-461a-bbee-02f9e1bf7b46", "delegatedPermissionIds": [scope["id"]]}
+    ]
+    assert AZURE_CLI_CLIENT_ID == "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+    assert operator_assignments(graph) == {DEPLOYER}
+    assert (DEPLOYER, "Broker.Operator") in outcome.granted and outcome.left_to_admin == []
+    first = len(graph.conversation)
+    assert env.run(graph).operator_changes == []
+    assert writes(graph, first) == []
+
+
+def test_the_deployer_is_not_made_an_operator_when_told_not_to_but_listed_operators_are() -> None:
+    """BROKER_GRANT_DEPLOYER_OPERATOR=false leaves the deployer out; BROKER_OPERATOR_PRINCIPAL_IDS are granted."""
+    graph = fresh()
+    azd(
+        AZURE_PRINCIPAL_ID=DEPLOYER, BROKER_GRANT_DEPLOYER_OPERATOR="false", BROKER_OPERATOR_PRINCIPAL_IDS=OPERATOR
+    ).run(graph)
+    assert operator_assignments(graph) == {OPERATOR}
+
+
+def test_an_enabled_operator_role_for_applications_only_is_disabled_then_rewritten() -> None:
+    """Graph refuses to change an enabled role: disable it in one PATCH, write both member types in the next."""
+    graph = existing()
+    app = graph.applications[0]
+    app["appRoles"].append({**new_app_only_operator_role(), "isEnabled": True})
+    outcome = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    role = roles(graph)["Broker.Operator"]
+    assert role["allowedMemberTypes"] == ["User", "Application"] and role["isEnabled"] is True
+    assert role["id"] == "55555555-1c3b-4d6e-8f7a-9b0c1d2e3f40", "the same role: existing grants keep working"
+    role_patches = [w for w in writes(graph) if "appRoles" in (w.body or {})]
+    assert [
+        next(r for r in w.body["appRoles"] if r["value"] == "Broker.Operator")["isEnabled"] for w in role_patches
+    ] == [
+        False,
+        True,
+    ]
+    assert any("disabled, then rewritten" in change for change in outcome.operator_changes)
+
+
+def test_a_disabled_scope_is_reenabled_and_other_preauthorised_clients_are_kept() -> None:
+    """An earlier Diagnostics.Run that someone disabled comes back; another client's pre-authorisation stays."""
+    graph = existing()
+    other = {
+        "appId": "11111111-aaaa-4bbb-8ccc-dddddddddddd",
+        "delegatedPermissionIds": ["66666666-0000-4000-8000-0000000000aa"],
+    }
+    graph.applications[0]["api"] = {
+        "oauth2PermissionScopes": [
+            {"id": "66666666-0000-4000-8000-0000000000aa", "value": "Other.Read", "type": "User", "isEnabled": True},
+            {
+                "id": "77777777-0000-4000-8000-0000000000bb",
+                "value": "Diagnostics.Run",
+                "type": "User",
+                "isEnabled": False,
+            },
+        ],
+        "preAuthorizedApplications": [other],
+    }
+    azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    scopes = {s["value"]: s for s in api(graph)["oauth2PermissionScopes"]}
+    assert scopes["Diagnostics.Run"]["isEnabled"] is True and scopes["Other.Read"]["isEnabled"] is True
+    assert other in api(graph)["preAuthorizedApplications"]
+    cli = next(p for p in api(graph)["preAuthorizedApplications"] if p["appId"] == AZURE_CLI_CLIENT_ID)
+    assert cli["delegatedPermissionIds"] == ["77777777-0000-4000-8000-0000000000bb"]
+
+
+def test_a_refused_operator_grant_says_what_an_administrator_runs_and_the_hook_goes_on() -> None:
+    """Assigning app roles needs an admin role: a 403 names the command to run, and the deployment continues."""
+    graph, env = fresh(), azd(AZURE_PRINCIPAL_ID=DEPLOYER)
+
+    def no_admin_role(request: Request) -> Reply | None:
+        if (
+            request.method == "POST"
+            and request.path.endswith("/appRoleAssignedTo")
+            and request.body["principalId"] == DEPLOYER
+        ):
+            return Reply(403, {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}})
+        return None
+
+    graph.fail = no_admin_role
+    outcome = env.run(graph)
+    assert outcome.left_to_admin == [(DEPLOYER, "Broker.Operator")]
+    line = next(text for text in env.log if "Broker.Operator" in text and "refused" in text)
+    assert "az rest --method POST" in line and DEPLOYER in line and "appRoleAssignedTo" in line
+    assert "BROKER_PROVIDER_SETTINGS" in env.values, "the rest of the hook ran"
+
+
+def test_an_operator_id_that_is_not_a_guid_is_a_clear_error() -> None:
+    """A typo in BROKER_OPERATOR_PRINCIPAL_IDS fails before any Graph call, naming the variable."""
+    with pytest.raises(HookError, match="BROKER_OPERATOR_PRINCIPAL_IDS"):
+        HookConfig.from_env(azd(BROKER_OPERATOR_PRINCIPAL_IDS="alice@contoso.com").values)
+
+
+def new_app_only_operator_role() -> dict[str, Any]:
+    return {
+        "allowedMemberTypes": ["Application"],
+        "description": "Older wording",
+        "displayName": "Broker operator",
+        "id": "55555555-1c3b-4d6e-8f7a-9b0c1d2e3f40",
+        "value": "Broker.Operator",
+    }
