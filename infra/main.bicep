@@ -259,6 +259,17 @@ module alerts './app/alerts.bicep' = {
   }
 }
 
+// The operators' workbook (docs/operations.md).
+module workbook './app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+  }
+}
+
 // azd stores these in .azure/<env>/.env; the hooks and docs read them from there.
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
