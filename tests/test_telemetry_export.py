@@ -93,3 +93,25 @@ def test_without_opentelemetry_mode_the_app_exports_uncorrelated(default_mode: d
     for request in default_mode["requests"]:
         assert request["exported_messages"] == request["broker_log_records"]
         assert request["trace_id"] not in request["message_operation_ids"]
+
+
+def test_the_host_runs_in_opentelemetry_mode() -> None:
+    """host.json switches the host to OpenTelemetry mode, the first of Microsoft's three steps."""
+    assert json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["telemetryMode"] == "OpenTelemetry"
+
+
+def test_the_function_app_gets_the_worker_settings_of_opentelemetry_mode() -> None:
+    """infra/app/broker.bicep gives the worker the app settings docs/operations.md lists (the integrator
+    adds them to the app settings block; until then this test names the missing lines)."""
+    sys.path.insert(0, str(ROOT / "tests" / "infra"))
+    from bicep_settings import app_settings
+
+    given = {setting.name: setting.literal for setting in app_settings()}
+    wanted = {
+        "PYTHON_ENABLE_OPENTELEMETRY": "true",
+        "PYTHON_AZURE_MONITOR_LOGGER_NAME": "broker",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
+    missing = [f"  {name}: '{value}'" for name, value in wanted.items() if given.get(name) != value]
+    assert not missing, "infra/app/broker.bicep's app settings need:\n" + "\n".join(missing)
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" in given and "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" in given
