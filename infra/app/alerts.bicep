@@ -239,7 +239,9 @@ resource secretNearExpiry 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2
         'Microsoft.KeyVault.SecretExpired'
       ]
     }
-    eventDeliverySchema: 'EventGridSchema'
+    // A MonitorAlert destination takes CloudEvents 1.0 only (the rotation_check subscription on the
+    // same topic keeps the Event Grid schema; each subscription has its own).
+    eventDeliverySchema: 'CloudEventSchemaV1_0'
   }
 }
 
