@@ -172,10 +172,10 @@ def configure_exporter(env: Mapping[str, str]) -> Exporter:
             )
         return "worker"
     if env.get(WORKER_OTEL_SETTING, "").strip():
-        log.warning(
-            "telemetry: %s is set but the worker did not configure Azure Monitor; the broker exports its own "
-            "telemetry, and the host may forward the same log records again",
-            WORKER_OTEL_SETTING,
+        # Worker 4.34 configures Azure Monitor itself under this setting (so this is its failure to import the
+        # distro); a worker that only propagates trace context leaves it to the app, as here.
+        log.info(
+            "telemetry: %s is set and the worker has not configured Azure Monitor; the app does", WORKER_OTEL_SETTING
         )
     try:
         from azure.monitor.opentelemetry import configure_azure_monitor
