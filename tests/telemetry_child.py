@@ -1,6 +1,6 @@
 """Child process of tests/test_telemetry_export.py: one Functions process, its exports counted.
 
-Run as ``python tests/telemetry_child.py worker|default`` from the repository root. It starts the
+Run as ``python tests/telemetry_child.py worker|context|default`` from the repository root. It starts the
 stand-ins and an Application Insights ingestion stand-in, then plays the Python worker's part as
 azure-functions-python-worker 4.34 does (``azure_functions_worker/dispatcher.py``):
 
@@ -8,6 +8,8 @@ azure-functions-python-worker 4.34 does (``azure_functions_worker/dispatcher.py`
   the worker calls ``configure_azure_monitor(connection_string=..., logger_name=<PYTHON_AZURE_MONITOR_LOGGER_NAME>)``
   (``initialize_azure_monitor``), and before each invocation it attaches the invocation's trace context
   (``configure_opentelemetry``: ``TraceContextTextMapPropagator().extract({traceparent, tracestate})``);
+- ``context``: the same settings, but a worker that only attaches the trace context and leaves the
+  distro to the app (not worker 4.34's behaviour: the case the app's process-state check is for);
 - ``default``: neither; the app configures its own exporter, as before.
 
 Then it invokes the indexed ``http_app_func`` twice (a cold and a warm token request), flushes the
@@ -82,7 +84,7 @@ def main(mode: str) -> dict[str, Any]:
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
             "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_functions",
         }
-        if mode == "worker":
+        if mode in ("worker", "context"):
             # The app settings docs/operations.md lists for OpenTelemetry mode.
             env.update(
                 {
@@ -93,15 +95,17 @@ def main(mode: str) -> dict[str, Any]:
             )
         with environment(env):
             propagator = None
+            if mode in ("worker", "context"):
+                from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+                propagator = TraceContextTextMapPropagator()
             if mode == "worker":
                 from azure.monitor.opentelemetry import configure_azure_monitor
-                from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
                 configure_azure_monitor(
                     connection_string=os.environ["APPLICATIONINSIGHTS_CONNECTION_STRING"],
                     logger_name=os.environ["PYTHON_AZURE_MONITOR_LOGGER_NAME"],
                 )
-                propagator = TraceContextTextMapPropagator()
             # The worker switches the root logger to INFO once its gRPC channel is up (dispatcher.py, 4.34).
             logging.getLogger().setLevel(logging.INFO)
             records = Records()

@@ -86,6 +86,17 @@ def test_nothing_exported_carries_a_secret_or_a_token(
     assert opentelemetry_mode["leaks"] == [] and default_mode["leaks"] == []
 
 
+def test_a_worker_that_leaves_the_distro_to_the_app_still_gets_one_correlated_copy() -> None:
+    """If the worker only attaches the trace context, the app configures the distro once: each record
+    exported once, under the host's operation id."""
+    result = run_child("context")
+    assert result["exporter"] == "broker"
+    assert result["broker_handlers"].count("LoggingHandler") == 1
+    for request in result["requests"]:
+        assert request["exported_messages"] == request["broker_log_records"] >= 1
+        assert request["message_operation_ids"] == [request["trace_id"]]
+
+
 def test_without_opentelemetry_mode_the_app_exports_uncorrelated(default_mode: dict[str, Any]) -> None:
     """The former set-up: the app exports each record once itself, but not under the host's operation id
     (and the host, not in OpenTelemetry mode, forwards the same records again)."""
