@@ -3,7 +3,8 @@
 // availability test. Every query reads the broker's real log lines and metric names (the access
 // lines of the token route, `outcome=`, and of the proxy route, `status=`); tests/infra/
 // test_alert_queries.py checks each name against broker/, and docs/operations.md says why each
-// default threshold and window is what it is.
+// default threshold and window is what it is. Never compiled here: property names and enums were checked
+// by hand against Microsoft's ARM schemas (Azure/azure-resource-manager-schemas) for these API versions.
 param applicationInsightsName string
 param location string
 param tags object
