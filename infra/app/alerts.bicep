@@ -99,7 +99,7 @@ traces
 customMetrics
 | where name == "broker.keyvault.reads"
 | where tostring(customDimensions.outcome) == "key_vault_forbidden"
-| summarize denied = sum(valueCount)
+| summarize denied = sum(valueSum)
 '''
   // Callers are authenticated before routing: one counter for the token and the proxy route.
   callerRejections: '''
