@@ -37,7 +37,7 @@ $(KUSTO_STAMP):
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m broker.standin.demo --port $(PORT)
+	@$(PY) -m broker.standin.demo --port $(PORT)
 
 test: $(STAMP) $(CHECKOV_STAMP) lint typecheck infra-check unit
 
