@@ -22,7 +22,7 @@ from monitoring_queries import (  # noqa: E402
     workbook,
     workbook_queries,
 )
-from test_kql_queries import BROKER, Emitted, Query, problems, scan  # noqa: E402
+from test_kql_queries import Emitted, Query, broker_emits, problems  # noqa: E402
 
 # The issue's panels, by the item name each has in workbook.json.
 PANELS = {
@@ -38,11 +38,7 @@ PANELS = {
 
 @pytest.fixture(scope="module")
 def emitted() -> Emitted:
-    found = Emitted()
-    for path in sorted(BROKER.rglob("*.py")):
-        if "standin" not in path.parts:
-            scan(path, found)
-    return found
+    return broker_emits()
 
 
 def test_the_workbook_has_the_issue_panels_and_bicep_loads_it() -> None:
