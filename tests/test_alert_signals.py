@@ -20,7 +20,7 @@ from broker.standin.dataapi import DataApi
 from broker.standin.serve import run_server
 from broker.telemetry import Telemetry
 from tests.conftest import Servers, Stack
-from tests.hosts import open_host
+from tests.hosts import functions_host, open_host
 
 ROUTES = {"token": "/api/token/ilevel", "proxy": "/api/proxy/ilevel/entities/assets"}
 
@@ -115,3 +115,17 @@ async def test_a_served_request_fires_nothing(
     assert status == 200
     assert not [r for r in caplog.records if caller_errors(r)]
     assert metric_total(reader, "broker.keyvault.reads", outcome="key_vault_forbidden") == 0
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+async def test_a_misconfigured_app_fires_the_caller_errors_alert_on_either_route(
+    route: str, stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Functions app without BROKER_AUDIENCE answers 503 broker_misconfigured, and callerErrors selects it."""
+    caplog.set_level(logging.INFO, logger="broker")
+    stack.export_environment()
+    monkeypatch.delenv("BROKER_AUDIENCE")
+    async with functions_host() as client:
+        response = await client.get(ROUTES[route], headers={"Authorization": f"Bearer {stack.caller()}"})
+    assert response.status_code == 503
+    assert len([r for r in caplog.records if caller_errors(r)]) == 1
