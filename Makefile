@@ -12,6 +12,11 @@ PORT ?= 7071
 # Current checkov (>= 3.3 has CKV_AZURE_189 and the newer Azure checks); a new pin re-installs.
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+# Microsoft's KQL parser (Kusto.Language, built for JavaScript) from npm: tests/infra/test_kql_syntax.py
+# parses and analyses every deployed and documented query with it.
+KUSTO_VERSION := 12.4.1
+KUSTO_DIR := $(VENV)/tools/kusto
+KUSTO_STAMP := $(KUSTO_DIR)/.installed-$(KUSTO_VERSION)
 
 .PHONY: run test lint typecheck unit infra-check bench clean
 
@@ -26,6 +31,11 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 
+$(KUSTO_STAMP):
+	mkdir -p $(KUSTO_DIR)
+	npm install --silent --no-audit --no-fund --prefix $(KUSTO_DIR) @kusto/language-service-next@$(KUSTO_VERSION)
+	touch $@
+
 run: $(STAMP)
 	@$(PY) -m broker.standin.demo --port $(PORT)
 
@@ -38,7 +48,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(KUSTO_STAMP)
 	$(PY) -m pytest
 
 infra-check: $(STAMP) $(CHECKOV_STAMP)

@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from broker.caller_auth import ANY_CALLER, APPLICATIONS_ONLY, LOCAL_DEVELOPER, Accepts, Caller
 from broker.config import PROVIDER_NAME
+from broker.diagnostics import Diagnostics
 from broker.errors import (
     BrokerError,
     BrokerMisconfigured,
@@ -68,6 +69,12 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REALM = "ilevel-token-broker"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
+_DIAGNOSTICS_PATH = re.compile(r"^/api/diagnostics(?:/([^/]*))?/?$")
+# The diagnostics verdict for a HEAD (or a monitor that reads no body): ok or failed.
+DIAGNOSTICS_HEADER = "X-Broker-Diagnostics"
+# Who may run diagnostics: a user (delegated token) with the Diagnostics.Run scope, or an application;
+# either way holding the app role Broker.Operator (the Entra hook declares both).
+OPERATORS = Accepts(applications=True, users=True, scope="Diagnostics.Run", role="Broker.Operator")
 PROXY_PREFIX = "/api/proxy/"
 # On every error the broker makes itself on the proxy route, so a caller can tell it from the API's own.
 BROKER_ERROR_HEADER = "X-Broker-Error"
@@ -458,6 +465,38 @@ def _proxied(broker: Broker, access: Access, error: BrokerError | None) -> None:
     broker.telemetry.proxied(access.provider, access.status, access.elapsed_s())
 
 
+async def diagnostics(broker: Broker, request: Request, access: Access) -> Response:
+    """``/api/diagnostics[/{provider}]``: 404 provider → check's steps inside the app (:mod:`broker.diagnostics`).
+
+    200 whatever the verdict: the report is the answer. At most one run per provider per minute reaches
+    Key Vault and the token endpoint; in between, the last report with its age.
+    """
+    match = _DIAGNOSTICS_PATH.fullmatch(request.scope["path"])
+    name = match.group(1) if match else None
+    runner = Diagnostics.of(broker)
+    body: dict[str, Any]
+    if name:
+        if name not in broker.providers:
+            # The caller holds Broker.Operator: it may learn which providers there are (check --remote names them).
+            access.outcome = "unknown_provider"
+            error = NotFound(f"This broker has no provider {name[:32]!r}; it serves {', '.join(broker.providers)}.")
+            return JSONResponse(
+                {"error": "unknown_provider", "error_description": error.description, "providers": runner.providers},
+                status_code=404,
+            )
+        access.provider = name
+        report = await runner.report(name)
+        body, ok = report.as_dict(), report.ok
+        access.fields["age_s"] = f"{report.age_s or 0:.0f}"
+    else:
+        body = await runner.summary()
+        ok = body["ok"] is True
+    access.outcome = "ok" if ok else "failed"
+    response = JSONResponse(body)
+    response.headers[DIAGNOSTICS_HEADER] = access.outcome
+    return response
+
+
 async def not_found(broker: Broker, request: Request, access: Access) -> Response:
     """Any other path, once the caller is authenticated: a 404 that says where tokens are."""
     raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
@@ -498,7 +537,15 @@ NOT_FOUND = Route(
     accepts=ANY_CALLER,
     line=(("outcome", "-"), ("token", "-")),
 )
-ROUTES: tuple[Route, ...] = (HEALTH, TOKEN, PROXY)
+DIAGNOSTICS = Route(
+    kind="diagnostics",
+    path=_DIAGNOSTICS_PATH,
+    methods=("GET", "HEAD"),
+    handler=diagnostics,
+    accepts=OPERATORS,
+    line=(("outcome", "-"), ("age_s", "-")),
+)
+ROUTES: tuple[Route, ...] = (HEALTH, TOKEN, PROXY, DIAGNOSTICS)
 
 
 def _caller_host(scope: Scope) -> str:
