@@ -174,13 +174,14 @@ def run(
             # Memory: one large body through a fresh, warm broker per host and content type.
             grown: dict[str, int] = {}
             functions_grown: dict[str, int] = {}
+            functions_sent: dict[str, int] = {}
             for kind, path in bodies.items():
                 process_list: list[subprocess.Popen[bytes]] = []
                 with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings, started=process_list) as b:
                     warm = httpx.get(f"{b}/api/proxy/ilevel/{page}", headers={"Authorization": f"Bearer {caller}"})
                     warm.raise_for_status()
                     grown[kind] = _serve_rss_growth(process_list[0], f"{b}{path}", caller, expected=body_bytes)
-                functions_grown[kind] = _functions_rss_growth(servers, settings, caller, path)[0]
+                functions_grown[kind], functions_sent[kind] = _functions_rss_growth(servers, settings, caller, path)
             # Cold burst: a fresh broker, an empty cache.
             with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings) as base:
                 servers.reset()
@@ -283,6 +284,8 @@ def run(
         "memory": {
             "serve_peak_rss_growth_bytes": grown,
             "functions_peak_rss_growth_bytes": functions_grown,
+            # The answer's size: a JSON page grows where its links get the (longer) proxy root.
+            "functions_answer_bytes": functions_sent,
             "body_bytes": body_bytes,
         },
         "health_p99_ms": {"idle": health_idle, "while_4_pages": health_loaded},
