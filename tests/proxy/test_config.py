@@ -15,7 +15,7 @@ BASE = {
 
 
 def test_defaults_are_token_mode_with_the_public_ilevel_api_root() -> None:
-    """MODE token, API root https://api.ilevelsolutions.com/v1/, 120 s, 100 MB, 8 in flight."""
+    """MODE token, API root https://api.ilevelsolutions.com/v1/, 120 s, 32 MB, 8 in flight, 10 s slot wait."""
     settings = load_settings(BASE)
     ilevel = settings.providers["ilevel"]
     assert ilevel.mode == "token"
@@ -25,6 +25,7 @@ def test_defaults_are_token_mode_with_the_public_ilevel_api_root() -> None:
     assert ilevel.proxy_concurrency == 8
     assert settings.proxy_timeout_s == 120
     assert settings.proxy_max_response_bytes == 32 * 1024 * 1024
+    assert settings.proxy_slot_wait_s == 10
 
 
 def test_proxy_and_both_modes_open_the_routes_they_name() -> None:
@@ -81,3 +82,64 @@ def test_proxy_settings_are_known_not_warned_about_as_typos() -> None:
     assert not [w for w in settings.warnings if "not one the broker knows" in w]
     assert settings.providers["ilevel"].proxy_concurrency == 2
     assert settings.proxy_max_response_bytes == 5 * 1024 * 1024
+
+
+PROXY = {**BASE, "BROKER_ILEVEL_MODE": "proxy"}
+
+
+def test_the_default_proxy_fits_a_2048_mb_instance_with_room_on_either_host() -> None:
+    """8 slots x 32 MiB x 2 (Functions) + 256 MB = 768 MB: a little over a third of 2,048 MB."""
+    for functions_host in (True, False):
+        load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "2048"}, functions_host=functions_host)
+    load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "768"}, functions_host=True)
+
+
+def test_a_proxy_worst_case_over_the_instance_memory_refuses_to_start_naming_the_settings() -> None:
+    """Σ concurrency x cap x host factor + baseline over BROKER_INSTANCE_MEMORY_MB is a ConfigError naming it."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(
+            {**PROXY, "BROKER_INSTANCE_MEMORY_MB": "2048", "BROKER_PROXY_MAX_RESPONSE_MB": "200"}, functions_host=True
+        )
+    assert refused.value.setting == "BROKER_INSTANCE_MEMORY_MB"
+    for named in ("BROKER_PROXY_MAX_RESPONSE_MB=200", "BROKER_ILEVEL_PROXY_CONCURRENCY=8", "3456 MB"):
+        assert named in str(refused.value)
+    with pytest.raises(ConfigError):
+        load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "767"}, functions_host=True)
+
+
+def test_under_serve_a_streamed_request_costs_a_constant_so_the_cap_does_not_count() -> None:
+    """serve: 8 slots x 8 MB + 256 MB = 320 MB, whatever the cap; unset memory: not checked at all."""
+    big_cap = {**PROXY, "BROKER_PROXY_MAX_RESPONSE_MB": "1024"}
+    load_settings({**big_cap, "BROKER_INSTANCE_MEMORY_MB": "320"})
+    with pytest.raises(ConfigError):
+        load_settings({**big_cap, "BROKER_INSTANCE_MEMORY_MB": "319"})
+    load_settings(big_cap, functions_host=True)
+
+
+def test_token_mode_providers_cost_nothing_and_every_proxy_provider_counts() -> None:
+    """Only providers in proxy or both mode add to the worst case."""
+    token_only = {**BASE, "BROKER_INSTANCE_MEMORY_MB": "300"}
+    load_settings(token_only, functions_host=True)
+    two = {
+        **PROXY,
+        "BROKER_PROVIDERS": "ilevel,other",
+        "BROKER_OTHER_TOKEN_URL": "https://other.example/token",
+        "BROKER_OTHER_API_BASE_URL": "https://other.example/api/",
+        "BROKER_OTHER_MODE": "both",
+        "BROKER_OTHER_ALLOWED_ROLES": "Token.Read.other",
+    }
+    load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1280"}, functions_host=True)
+    with pytest.raises(ConfigError):
+        load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1279"}, functions_host=True)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_invalid_slot_waits_and_memory_sizes_are_refused(value: str) -> None:
+    """Whole seconds 0-50 and whole MB: anything else names its setting."""
+    if value != "0":
+        with pytest.raises(ConfigError) as refused:
+            load_settings({**PROXY, "BROKER_PROXY_SLOT_WAIT_SECONDS": value})
+        assert refused.value.setting == "BROKER_PROXY_SLOT_WAIT_SECONDS"
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": value})
+    assert refused.value.setting == "BROKER_INSTANCE_MEMORY_MB"

@@ -14,6 +14,7 @@ import pytest
 from broker.proxy.stream import REDACTED
 from broker.standin.dataapi import DataApi
 from tests.conftest import Stack
+from tests.hosts import functions_host
 from tests.proxy.conftest import ProxyApi, Rig
 from tests.proxy.test_http import broker_error
 from tests.test_telemetry import Metrics
@@ -202,3 +203,25 @@ async def test_past_the_slot_wait_the_answer_is_503_proxy_busy_and_counted(
     assert 0.9 <= waited < 2.0
     assert metrics.counts("broker.proxy.busy", "provider") == {("ilevel",): 1}
     assert metrics.counts("broker.proxy.slot_waits", "provider", "outcome")[("ilevel", "busy")] == 1
+
+
+# --- the memory budget at start ---------------------------------------------------------------------
+
+
+async def test_a_proxy_that_cannot_fit_the_instance_answers_503_broker_misconfigured_naming_the_setting(
+    stack: Stack, data_api: DataApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Functions entry point, 8 x 32 MiB x 2 + 256 MB > 512 MB: every request, health included, is 503."""
+    stack.export_environment()
+    for name, value in {
+        "BROKER_ILEVEL_MODE": "proxy",
+        "BROKER_ILEVEL_API_BASE_URL": data_api.base_url,
+        "BROKER_INSTANCE_MEMORY_MB": "512",
+    }.items():
+        monkeypatch.setenv(name, value)
+    async with functions_host() as client:
+        for path in ("/api/health", "/api/proxy/ilevel/entities/assets"):
+            response = await client.get(path, headers={"Authorization": f"Bearer {stack.caller()}"})
+            assert (response.status_code, response.json()["error"]) == (503, "broker_misconfigured")
+            assert "BROKER_INSTANCE_MEMORY_MB" in response.json()["error_description"]
+    assert data_api.requests == []
