@@ -83,6 +83,15 @@ def token_body(token: Token, now: float) -> dict[str, Any]:
     }
 
 
+def token_origin(served: Served | None) -> str:
+    """The access line's ``origin``: this instance's cache, the fleet cache, a token request, or no token."""
+    if served is None:
+        return "-"
+    if served.outcome in ("hit", "stale"):
+        return "instance"
+    return served.token.origin
+
+
 def error_response(error: BrokerError, request_id: str) -> JSONResponse:
     headers = dict(NO_STORE)
     headers[REQUEST_ID_HEADER] = request_id
@@ -359,7 +368,7 @@ class BrokerApp(_Surface):
             return _internal_error(ids.own)
         finally:
             log.info(
-                "request id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s token=%s "
+                "request id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s origin=%s token=%s "
                 "latency_ms=%.1f",
                 request_id,
                 ids.own,
@@ -367,6 +376,7 @@ class BrokerApp(_Surface):
                 caller.oid if caller else "-",
                 caller.app_id if caller else "-",
                 outcome,
+                token_origin(served),
                 served.token.access_token.fingerprint() if served else "-",
                 (time.perf_counter() - started) * 1000,
             )
