@@ -12,6 +12,11 @@ PORT ?= 7071
 # Current checkov (>= 3.3 has CKV_AZURE_189 and the newer Azure checks); a new pin re-installs.
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+# Azurite, the Blob Storage emulator the fleet-cache tests start (tests/fleet/conftest.py), from npm,
+# pinned; a new pin re-installs. Its well-known development account key is public by design.
+AZURITE_VERSION := 3.37.0
+AZURITE_DIR := $(VENV)/tools/azurite
+AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
 
 .PHONY: run test lint typecheck unit infra-check bench clean
 
@@ -26,10 +31,14 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 
+$(AZURITE_STAMP): | $(STAMP)
+	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+	touch $@
+
 run: $(STAMP)
 	$(PY) -m broker.standin.demo --port $(PORT)
 
-test: $(STAMP) $(CHECKOV_STAMP) lint typecheck infra-check unit
+test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit
 
 lint: $(STAMP)
 	$(PY) -m ruff check broker tests bench function_app.py infra/hooks docs/examples
@@ -38,7 +47,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(AZURITE_STAMP)
 	$(PY) -m pytest
 
 infra-check: $(STAMP) $(CHECKOV_STAMP)
