@@ -168,8 +168,10 @@ class FleetLayer:
         """The client id (to name the blob) and the current cache key, read together (one identity token)."""
         try:
             async with asyncio.timeout(KEY_READ_BUDGET_S):
-                client_id, key = await asyncio.gather(
-                    self._secrets.read(self.provider.client_id_secret), self._secrets.read(self._key_secret)
+                client_id, key, _ = await asyncio.gather(
+                    self._secrets.read(self.provider.client_id_secret),
+                    self._secrets.read(self._key_secret),
+                    self._store.prepare(),
                 )
         except TimeoutError:
             raise _KeyUnavailable(

@@ -43,6 +43,8 @@ T = TypeVar("T")
 # Storage answers in milliseconds; a call that takes longer is treated as a failure (the issue's
 # "about 2 s per call"), and the fleet layer falls back to a per-instance fetch.
 CALL_BUDGET_S = 2.0
+# Importing azure.storage.blob and building the client, once per process (runs beside the key read).
+PREPARE_BUDGET_S = 10.0
 SDK_TIMEOUTS: dict[str, Any] = {"connection_timeout": 2, "read_timeout": 2, "retry_total": 0}
 STORAGE_THREADS = 4
 
@@ -104,6 +106,22 @@ class BlobStore:
                     self._container.create_container()
                 self._ready = True
             return self._container
+
+    async def prepare(self) -> None:
+        """Import the SDK and build the client (and the emulator's container) outside the per-call budget:
+        on a cold instance the import alone can take longer than a storage call may."""
+        if self._container is not None and self._ready:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(PREPARE_BUDGET_S):
+                await loop.run_in_executor(self._pool, self._client)
+        except TimeoutError:
+            raise StoreUnavailable(f"the storage client was not ready within {PREPARE_BUDGET_S:.0f} s") from None
+        except AzureError as exc:
+            raise StoreUnavailable(_reason(exc)) from None
+        except OSError as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
 
     async def _call(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
