@@ -25,13 +25,13 @@ def azurite() -> Iterator[Azurite]:
 
 
 @pytest.fixture
-def own_azurite() -> Iterator[Azurite]:
-    """An Azurite of this test's own, for tests that kill it."""
-    server = Azurite().start()
+def restartable_azurite(azurite: Azurite) -> Iterator[Azurite]:
+    """The session's Azurite, for a test that kills it: running again (same port, empty) afterwards."""
     try:
-        yield server
+        yield azurite
     finally:
-        server.stop()
+        if azurite.process is None:
+            azurite.start()
 
 
 @pytest.fixture

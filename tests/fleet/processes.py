@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
+from broker.standin.azurite import ROOT
 from broker.standin.serve import closed_port, wait_until_healthy
 from tests.conftest import Stack
-from tests.fleet.support import ROOT
 
 
 @dataclass

@@ -221,10 +221,11 @@ async def test_renew_after_401_uses_the_newer_fleet_token_without_a_fetch(fleet_
 
 
 async def test_storage_outage_costs_latency_not_answers_and_the_fleet_converges_after(
-    stack: Stack, own_azurite: Azurite, caplog: pytest.LogCaptureFixture
+    stack: Stack, restartable_azurite: Azurite, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With storage killed every request still gets a token (per-instance fetch), one warning per state
     change; when storage is back the circuit closes with one INFO line and tokens are shared again."""
+    own_azurite = restartable_azurite
     fleet_env(stack, own_azurite)
     monotonic = Monotonic()
     steady = instance(stack, monotonic=monotonic)
