@@ -1,7 +1,7 @@
 """One broker instance as Microsoft's worker runs it, in its own process, for the fleet tests.
 
 Imports ``function_app`` (which builds the broker from the environment), indexes it with
-``app.get_functions()``, prints ``ready``, then for each line ``N`` on stdin fires N concurrent
+``app.get_functions()``, prints ``ready``, then for each line ``N PROVIDER`` on stdin fires N concurrent
 invocations of the indexed HTTP function with ``azure.functions.HttpRequest`` objects on one default
 asyncio loop (as the worker does), and prints one JSON line: each answer's status, Retry-After and
 the SHA-256 fingerprint of the token served (never the token).
@@ -19,7 +19,7 @@ from typing import Any
 
 import azure.functions as func
 
-URL = "https://func-broker.azurewebsites.net/api/token/ilevel"
+URL = "https://func-broker.azurewebsites.net/api/token/"
 
 
 def main() -> None:
@@ -31,9 +31,10 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     print("ready", flush=True)
 
-    async def one() -> dict[str, Any]:
+    async def one(provider: str) -> dict[str, Any]:
         started = time.perf_counter()
-        response = await handler(func.HttpRequest(method="GET", url=URL, headers=headers, body=b""), None)
+        request = func.HttpRequest(method="GET", url=URL + provider, headers=headers, body=b"")
+        response = await handler(request, None)
         body = json.loads(response.get_body() or b"{}")
         token = body.get("access_token", "")
         return {
@@ -43,13 +44,14 @@ def main() -> None:
             "seconds": time.perf_counter() - started,
         }
 
-    async def burst(n: int) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(one() for _ in range(n))))
+    async def burst(n: int, provider: str) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(provider) for _ in range(n))))
 
     for line in sys.stdin:
         if not line.strip():
             break
-        print(json.dumps(loop.run_until_complete(burst(int(line)))), flush=True)
+        count, provider = line.split()
+        print(json.dumps(loop.run_until_complete(burst(int(count), provider))), flush=True)
 
 
 if __name__ == "__main__":

@@ -48,13 +48,15 @@ class Fleet:
     caller: str
     instances: list[Instance] = field(default_factory=list)
 
-    async def burst(self, per_instance: int, *, only: list[Instance] | None = None) -> list[dict[str, Any]]:
+    async def burst(
+        self, per_instance: int, *, only: list[Instance] | None = None, provider: str = "ilevel"
+    ) -> list[dict[str, Any]]:
         """``per_instance`` concurrent first requests on every live instance at once; the answers."""
         targets = [i for i in (only or self.instances) if i.process.poll() is None]
         for instance in targets:
             if instance.kind == "functions":
                 assert instance.process.stdin is not None
-                instance.process.stdin.write(f"{per_instance}\n")
+                instance.process.stdin.write(f"{per_instance} {provider}\n")
                 instance.process.stdin.flush()
         limits = httpx.Limits(max_connections=per_instance * len(targets))
         async with httpx.AsyncClient(timeout=70.0, limits=limits) as client:
@@ -62,7 +64,7 @@ class Fleet:
             async def one(url: str) -> dict[str, Any]:
                 started = time.perf_counter()
                 response = await client.get(
-                    url + "/api/token/ilevel", headers={"Authorization": f"Bearer {self.caller}"}
+                    url + "/api/token/" + provider, headers={"Authorization": f"Bearer {self.caller}"}
                 )
                 token = response.json().get("access_token", "") if response.status_code == 200 else ""
                 return {
