@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ URL = "https://func-broker.azurewebsites.net/api/token/"
 
 
 def main() -> None:
+    # The worker forwards every log record to the host; here they go to stderr, which the test scans for leaks.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     import function_app
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}

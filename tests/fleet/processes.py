@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from broker.standin.azurite import ROOT
 from broker.standin.serve import closed_port, wait_until_healthy
-from tests.conftest import Stack
+from tests.conftest import Stack, leaks, sensitive
 
 
 @dataclass
@@ -34,12 +35,9 @@ class Instance:
         self.process.wait(timeout=10)
 
 
-def _log_file(kind: str) -> Any:
-    """Each process's stderr, kept for a failing test's report (FLEET_TEST_LOGS names a folder)."""
-    folder = os.environ.get("FLEET_TEST_LOGS")
-    if not folder:
-        return subprocess.DEVNULL
-    return open(os.path.join(folder, f"{kind}-{time.monotonic_ns()}.log"), "w")  # noqa: SIM115
+def _log_file(folder: Path, kind: str, index: int) -> Any:
+    """Each process's output (its log lines), kept for the leak scan and a failing test's report."""
+    return open(folder / f"{kind}-{index}.log", "w")  # noqa: SIM115 - closed when the fleet stops
 
 
 @dataclass
@@ -96,32 +94,33 @@ def environment(stack: Stack) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def fleet_of(stack: Stack, *, serve: int, functions: int) -> Iterator[Fleet]:
-    """Start the processes (all at once), wait until each is ready, stop them all on exit."""
+def fleet_of(stack: Stack, logs: Path, *, serve: int, functions: int) -> Iterator[Fleet]:
+    """Start the processes (all at once), wait until each is ready, stop them all on exit; then scan
+    every process's log output for secret, key and token values (the suite's leak check, per process)."""
     caller = stack.caller()
     env = environment(stack)
     env["FLEET_TEST_AUTHORIZATION"] = f"Bearer {caller}"
     fleet = Fleet(stack, caller)
     try:
-        for _ in range(serve):
+        for index in range(serve):
             port = closed_port()
             process = subprocess.Popen(
                 [sys.executable, "-m", "broker", "serve", "--port", str(port)],
                 env=env,
                 cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=_log_file("serve"),
+                stdout=_log_file(logs, "serve", index),
+                stderr=subprocess.STDOUT,
                 text=True,
             )
             fleet.instances.append(Instance("serve", process, f"http://127.0.0.1:{port}"))
-        for _ in range(functions):
+        for index in range(functions):
             process = subprocess.Popen(
                 [sys.executable, "-m", "tests.fleet.functions_child"],
                 env=env,
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=_log_file("functions"),
+                stderr=_log_file(logs, "functions", index),
                 text=True,
             )
             fleet.instances.append(Instance("functions", process))
@@ -141,3 +140,10 @@ def fleet_of(stack: Stack, *, serve: int, functions: int) -> Iterator[Fleet]:
                 instance.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 instance.process.kill()
+    for issued in stack.tokens.issued_tokens:
+        sensitive(issued)
+    for issued in stack.servers.identity.issued_tokens:
+        sensitive(issued)
+    for log in sorted(logs.glob("*.log")):
+        found = leaks(log.read_text(errors="replace"))
+        assert not found, f"{log.name} leaks {found}"

@@ -19,7 +19,7 @@ def bench_servers() -> Iterator[StandIns]:
 
 def test_fleet_bench_measures_a_warm_fleet_beside_a_fresh_fetch(bench_servers: StandIns, azurite: Azurite) -> None:
     """A fresh instance with a warm fleet makes no token request; every figure has a same-run baseline."""
-    record = fleet.run(bench_servers, rounds=2, misses=2, token_latency_s=0.0, azurite=azurite)
+    record = fleet.run(bench_servers, rounds=1, misses=1, token_latency_s=0.0, azurite=azurite)
     found = {f.name: f for f in record["figures"]}
     assert all(f.baseline > 0 for f in found.values())
     requests = next(f for name, f in found.items() if name.startswith("fleet: token requests by"))

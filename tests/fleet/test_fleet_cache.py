@@ -152,7 +152,7 @@ async def test_key_rotation_under_load_fails_no_request(fleet_stack: Stack) -> N
     results: list[Served | BaseException] = []
 
     async def load() -> None:
-        for _ in range(6):
+        for _ in range(3):
             results.extend(
                 await asyncio.gather(*(get(instance(fleet_stack)) for _ in range(4)), return_exceptions=True)
             )

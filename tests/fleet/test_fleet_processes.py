@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.fleet.processes import fleet_of
 pytestmark = pytest.mark.fleet_processes
 
 
-async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stack) -> None:
+async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stack, tmp_path: Path) -> None:
     """A concurrent cold burst of 240 requests over 8 broker processes: exactly 1 token request and
     1 client-secret read for the whole fleet, every request 200 with the same token. Then, for a second
     provider, the leader's 429 Retry-After: 30 is the fleet's: the other 7 make 0 token requests."""
@@ -27,7 +28,7 @@ async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stac
     )
     fleet_stack.kv.reset_counts()
     fleet_stack.tokens.latency_s = 0.3
-    with fleet_of(fleet_stack, serve=4, functions=4) as fleet:
+    with fleet_of(fleet_stack, tmp_path, serve=4, functions=4) as fleet:
         answers = await fleet.burst(30)
         assert len(answers) == 240
         assert {a["status"] for a in answers} == {200}
@@ -46,11 +47,11 @@ async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stac
     assert fleet_stack.tokens.request_count == 2  # the ilevel token, and the leader's one 429 for "other"
 
 
-async def test_a_killed_leader_blocks_no_one_past_its_lease(fleet_stack: Stack) -> None:
+async def test_a_killed_leader_blocks_no_one_past_its_lease(fleet_stack: Stack, tmp_path: Path) -> None:
     """The leader holds the lease while the token endpoint hangs and is SIGKILLed: another instance takes
     over after the lease expires; every request is served (or told 503 with Retry-After), never 500."""
     fleet_stack.tokens.script(Reply(503, delay_s=25))  # the leader's request hangs
-    with fleet_of(fleet_stack, serve=2, functions=1) as fleet:
+    with fleet_of(fleet_stack, tmp_path, serve=2, functions=1) as fleet:
         leader, *others = fleet.instances
         import asyncio
 
