@@ -36,7 +36,7 @@ $(AZURITE_STAMP): | $(STAMP)
 	touch $@
 
 run: $(STAMP)
-	$(PY) -m broker.standin.demo --port $(PORT)
+	@$(PY) -m broker.standin.demo --port $(PORT)
 
 test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit
 

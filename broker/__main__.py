@@ -57,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.remote is not None:
+        return _remote_check(args)
     from broker.check import run_check
 
     # check authenticates no caller: BROKER_TENANT_ID and BROKER_AUDIENCE may be absent.
@@ -64,6 +66,15 @@ def _check(args: argparse.Namespace) -> int:
     report = asyncio.run(run_check(settings, args.provider))
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
     return report.exit_code
+
+
+def _remote_check(args: argparse.Namespace) -> int:
+    """check --remote: the app runs the steps with its managed identity; this prints its report."""
+    from broker.remote_check import Remote, run_remote_check
+
+    outcome = run_remote_check(Remote.of(args.remote, args.app_id_uri, os.environ), args.provider)
+    print(outcome.as_json() if args.json else outcome.text)
+    return outcome.exit_code
 
 
 def _fingerprint() -> int:
@@ -92,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", parents=[common], help="diagnose a provider's credentials and token endpoint")
     check.add_argument("provider", nargs="?", default=None)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--remote",
+        metavar="URL",
+        help="run the check inside the deployed app (https://<app>.azurewebsites.net) with your az login",
+    )
+    check.add_argument(
+        "--app-id-uri",
+        help="with --remote: the broker's App ID URI (default: $BROKER_APP_ID_URI, as azd stores it)",
+    )
     commands.add_parser("fingerprint", help="print the fingerprint check shows, of a value typed at a prompt")
     args = parser.parse_args(argv)
     if args.command == "fingerprint":

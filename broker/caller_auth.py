@@ -2,7 +2,10 @@
 
 Signature (RS256 only) against the tenant's signing keys, ``aud`` in BROKER_AUDIENCE,
 issuer from the tenant's own v1 and v2 metadata documents, ``exp``/``nbf`` with 60 s
-leeway. Then per-provider authorization by ``oid``, ``appid``/``azp`` or ``roles``.
+leeway. The caller is an application (a managed identity or service principal) or a user
+(a delegated token: it has ``scp``, or an ``idtyp`` other than ``app``); each route says
+which kinds it accepts (:class:`Accepts`). Then per-provider authorization by ``oid``,
+``appid``/``azp`` or ``roles``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jwt
@@ -42,14 +45,23 @@ MAX_TIMESTAMP = 253_402_300_799
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
+CallerKind = Literal["application", "user"]
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, as far as authorization cares."""
+    """Who is calling, as far as authorization cares.
+
+    ``kind`` is ``user`` for a delegated token (one with ``scp``, or an ``idtyp`` other than
+    ``app``) and ``application`` otherwise; ``scopes`` are the delegated scopes (``scp``).
+    """
 
     oid: str | None
     app_id: str | None
     roles: frozenset[str]
     expires_at: float
+    kind: CallerKind = "application"
+    scopes: frozenset[str] = frozenset()
 
     def allowed(self, provider: ProviderConfig) -> bool:
         ids = {i for i in (self.oid, self.app_id) if i}
@@ -57,6 +69,51 @@ class Caller:
 
 
 LOCAL_DEVELOPER = Caller(oid="local-developer", app_id=None, roles=frozenset(), expires_at=float("inf"))
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """Which authenticated callers a route takes, checked right after authentication.
+
+    ``applications``: application tokens (managed identities). ``users``: delegated tokens, and
+    only those whose ``scp`` holds ``scope`` when one is named. ``role``: an app role every caller
+    must hold (``roles``), e.g. ``Broker.Operator``. A caller of a kind the route does not take
+    gets 401 ``invalid_token``; one without the scope or role gets 403 ``insufficient_scope``.
+    """
+
+    applications: bool = True
+    users: bool = False
+    scope: str | None = None
+    role: str | None = None
+
+    def admit(self, caller: Caller) -> None:
+        if caller.kind == "user" and not self.users:
+            raise InvalidCallerToken(
+                "The caller token is a delegated (user) token; this route requires an application "
+                "(managed identity) token: call it with the identity of the factory or app, e.g. an ADF "
+                "Web activity with MSI authentication.",
+                reason="not_application",
+            )
+        if caller.kind == "application" and not self.applications:
+            raise InvalidCallerToken(
+                "The caller token is an application token; this route requires a signed-in user's (delegated) token.",
+                reason="not_user",
+            )
+        if caller.kind == "user" and self.scope is not None and self.scope not in caller.scopes:
+            raise InsufficientScope(
+                f"The caller's token lacks the delegated scope {self.scope!r}; sign in again asking for "
+                f"<App ID URI>/{self.scope}."
+            )
+        if self.role is not None and self.role not in caller.roles:
+            raise InsufficientScope(
+                f"This caller (object id (oid) {caller.oid or 'none'}) lacks the app role {self.role!r}; ask the "
+                "broker's operator to assign it on the broker's app registration (it can take up to 24 h to "
+                "reach a managed identity's tokens)."
+            )
+
+
+APPLICATIONS_ONLY = Accepts()
+ANY_CALLER = Accepts(applications=True, users=True)
 
 
 def authorize(caller: Caller, provider: ProviderConfig, *, auth_disabled: bool) -> None:
@@ -238,11 +295,15 @@ class CallerAuthenticator:
         if app_id is None:
             raise _invalid("claims", "the token names no application (appid or azp)")
         roles = claims.get("roles")
+        scopes = claims.get("scp")
+        delegated = "scp" in claims or ("idtyp" in claims and claims["idtyp"] != "app")
         return Caller(
             oid=_guid_claim(claims, "oid", required=True),
             app_id=app_id,
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
             expires_at=float(exp),
+            kind="user" if delegated else "application",
+            scopes=frozenset(scopes.split()) if isinstance(scopes, str) else frozenset(),
         )
 
 

@@ -6,11 +6,19 @@ managed identity), ``KEY_VAULT_URL``, a secret (a paste accident, by name, lengt
 SHA-256 fingerprint, never the value), the token URL, the client authentication
 variant, or the credentials themselves. It stops at the first of these that fails, so a
 verdict never blames the credentials for a wrong URL. Never prints a secret or a token.
+
+The steps are :func:`diagnose`, run with any broker: ``check`` builds its own; the diagnostics
+route (:mod:`broker.diagnostics`) runs them inside the app with the app's, which is where a
+private vault is reachable. A vault's 403 is told apart by its inner code: the network
+(``ForbiddenByConnection``, ``ForbiddenByFirewall``), which no role fixes, or a missing role.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +39,9 @@ from broker.errors import (
     UpstreamUnavailable,
 )
 from broker.runtime import Broker, Overrides
-from broker.secrets import Credentials, SecretValue, _network_reason, value_problems
-from broker.tokens import Token
+from broker.secrets import Credentials, SecretValue, _network_reason, value_problems, vault_denial
+from broker.source import KEY_VAULT_BUDGET_S
+from broker.tokens import Token, fingerprint
 
 # (auth method, Basic encoding, label): the configured one is tried first.
 VARIANTS: tuple[tuple[str, str, str], ...] = (
@@ -40,7 +49,11 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (
     ("client_secret_basic", "form", "client_secret_basic with RFC 6749 form-encoded parts"),
     ("client_secret_post", "raw", "client_secret_post (credentials in the form body)"),
 )
-SAFE_CLAIMS = ("iss", "aud", "exp", "scope", "client_id")
+SAFE_CLAIMS = ("iss", "aud", "exp", "scope")
+# Claims shown by fingerprint only: a token's client_id is the iLevel client id, half of the credentials.
+FINGERPRINTED_CLAIMS = ("client_id",)
+# Key Vault Secrets User: reads secret values in an RBAC vault (shared/DOMAIN.md).
+SECRETS_USER_ROLE = "Key Vault Secrets User"
 # One SDK retry instead of the broker's two: a diagnosis should not sit through backoff to say
 # "unreachable"; a persistent failure gets the same verdict either way.
 CHECK_SECRET_CLIENT_OPTIONS: Mapping[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2}
@@ -56,10 +69,16 @@ class CheckReport:
     verdict: str = ""
     warnings: list[str] = field(default_factory=list)
     secrets: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, str]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
     token: dict[str, Any] | None = None
+    # Filled in by the diagnostics route (broker.diagnostics), which runs inside the app.
+    cache: dict[str, Any] | None = None
+    fleet: dict[str, Any] | None = None
+    instance: dict[str, Any] | None = None
+    # Seconds since the report was made, when an earlier report is served again (the route's rate limit).
+    age_s: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -70,7 +89,7 @@ class CheckReport:
         self.verdict = verdict
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        report = {
             "provider": self.provider,
             "ok": self.ok,
             "verdict": self.verdict,
@@ -81,32 +100,77 @@ class CheckReport:
             "advice": self.advice,
             "token": self.token,
         }
+        for name in ("cache", "fleet", "instance", "age_s"):
+            if getattr(self, name) is not None:
+                report[name] = getattr(self, name)
+        return report
 
-    def render(self) -> str:
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckReport:
+        """A report as :meth:`as_dict` wrote it (``check --remote`` reads the route's answer with this)."""
+        report = cls(provider=str(data.get("provider", "?")))
+        report.ok = data.get("ok") is True
+        report.verdict = str(data.get("verdict", ""))
+        for name in ("warnings", "secrets", "attempts", "problems", "advice"):
+            value = data.get(name)
+            if isinstance(value, list):
+                setattr(report, name, value)
+        for name in ("token", "cache", "fleet", "instance"):
+            value = data.get(name)
+            if isinstance(value, dict):
+                setattr(report, name, value)
+        age = data.get("age_s")
+        report.age_s = float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None
+        return report
+
+    def render(self, *, with_verdict: bool = True) -> str:
         lines = [f"provider {self.provider}: {'OK' if self.ok else 'FAILED'}"]
         lines += [f"  warning: {w}" for w in self.warnings]
         for s in self.secrets:
             notes = "; ".join(s["problems"]) or "looks clean"
+            state = "" if s.get("enabled", True) else "disabled, "
+            created = f"created {s['created']}, " if s.get("created") else ""
             lines.append(
-                f"  secret {s['name']} version {s['version']}: {s['length']} chars, sha256 {s['sha256']}, {notes}"
+                f"  secret {s['name']} version {s['version']}: {s['length']} chars, sha256 {s['sha256']}, "
+                f"{state}{created}{notes}"
             )
         for a in self.attempts:
-            lines.append(f"  tried {a['variant']}: {a['result']}")
+            latency = f" ({a['latency_ms']:.0f} ms)" if isinstance(a.get("latency_ms"), (int, float)) else ""
+            lines.append(f"  tried {a['variant']}: {a['result']}{latency}")
         if self.token:
-            lines.append(f"  token: {self.token['token_type']}, lifetime {self.token['lifetime_s']} s")
+            fp = f", sha256 {self.token['sha256']}" if self.token.get("sha256") else ""
+            lines.append(f"  token: {self.token['token_type']}, lifetime {self.token['lifetime_s']} s{fp}")
             if "jwt_header" in self.token:
                 lines.append(f"  JWT header: {self.token['jwt_header']}")
                 lines.append(f"  JWT claims: {self.token['jwt_claims']}")
+        if self.cache is not None:
+            lines.append(f"  cache: {self.cache.get('summary', self.cache)}")
+        if self.fleet is not None:
+            lines.append(f"  fleet cache: {self.fleet.get('summary', self.fleet)}")
+        if self.instance is not None:
+            lines.append(f"  instance: {self.instance.get('summary', self.instance)}")
+        if self.age_s is not None:
+            lines.append(f"  report: made {self.age_s:.0f} s ago (one diagnostics run per provider per 60 s)")
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  do: {a}" for a in self.advice]
-        lines.append(f"verdict: {self.verdict}")
+        if with_verdict:
+            lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines)
 
 
 def _describe_secret(value: SecretValue) -> dict[str, Any]:
+    """Name, version, id, enabled, created, length and fingerprint: never the value."""
+    created = (
+        datetime.datetime.fromtimestamp(value.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if value.created is not None
+        else None
+    )
     return {
         "name": value.name,
         "version": value.version,
+        "id": value.id,
+        "enabled": value.enabled,
+        "created": created,
         "length": len(value.value),
         "sha256": value.value.fingerprint(),
         "problems": list(value.problems),
@@ -114,7 +178,12 @@ def _describe_secret(value: SecretValue) -> dict[str, Any]:
 
 
 def _token_summary(token: Token) -> dict[str, Any]:
-    summary: dict[str, Any] = {"token_type": token.token_type, "lifetime_s": round(token.lifetime)}
+    """Type, lifetime and fingerprint; for a JWT its header and a few claims. Never the token."""
+    summary: dict[str, Any] = {
+        "token_type": token.token_type,
+        "lifetime_s": round(token.lifetime),
+        "sha256": token.access_token.fingerprint(),
+    }
     try:
         raw = token.access_token.reveal()
         header = jwt.get_unverified_header(raw)
@@ -124,7 +193,9 @@ def _token_summary(token: Token) -> dict[str, Any]:
         return summary
     summary["format"] = "JWT"
     summary["jwt_header"] = {k: header[k] for k in ("alg", "typ", "kid") if k in header}
-    summary["jwt_claims"] = {k: claims[k] for k in SAFE_CLAIMS if k in claims}
+    shown = {k: claims[k] for k in SAFE_CLAIMS if k in claims}
+    shown.update({f"{k}_sha256": fingerprint(str(claims[k])) for k in FINGERPRINTED_CLAIMS if k in claims})
+    summary["jwt_claims"] = shown
     return summary
 
 
@@ -136,6 +207,24 @@ def start_up_warnings(settings: Settings) -> list[str]:
     return warnings
 
 
+def unknown_provider_verdict(name: str, providers: list[str]) -> str:
+    return f"add provider {name!r} to BROKER_PROVIDERS (now: {', '.join(providers)}), or check its spelling"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where the steps run, which decides the advice: the environment, and whether it is the app itself."""
+
+    env: Mapping[str, str]
+    # True inside the Function App (its managed identity and network path): the diagnostics route, or
+    # check run in the app's console, where App Service sets IDENTITY_ENDPOINT.
+    inside_app: bool
+
+    @classmethod
+    def of(cls, env: Mapping[str, str], *, inside_app: bool | None = None) -> Where:
+        return cls(env, bool(env.get("IDENTITY_ENDPOINT")) if inside_app is None else inside_app)
+
+
 async def run_check(
     settings: Settings,
     provider_name: str | None,
@@ -143,36 +232,66 @@ async def run_check(
     *,
     env: Mapping[str, str] | None = None,
 ) -> CheckReport:
+    """``python -m broker check``: the steps with a broker of its own, closed afterwards."""
     name = provider_name or next(iter(settings.providers))
-    report = CheckReport(provider=name, warnings=start_up_warnings(settings))
     if name not in settings.providers:
-        report.fail(
-            f"add provider {name!r} to BROKER_PROVIDERS (now: {', '.join(settings.providers)}), or check its spelling"
-        )
+        report = CheckReport(provider=name, warnings=start_up_warnings(settings))
+        report.fail(unknown_provider_verdict(name, list(settings.providers)))
         return report
     if overrides is None:
         overrides = Overrides(secret_client_options=CHECK_SECRET_CLIENT_OPTIONS)
     broker = Broker(settings, overrides)
     try:
-        credentials = await _read_secrets(broker, name, report, os.environ if env is None else env)
+        return await diagnose(broker, name, Where.of(os.environ if env is None else env))
+    finally:
+        await broker.aclose()
+
+
+async def diagnose(broker: Broker, name: str, where: Where) -> CheckReport:
+    """The check's steps for one provider, with ``broker``'s secret store and HTTP client: configuration,
+    Key Vault, then the token endpoint (the configured client authentication first), ending in one verdict.
+    ``check`` runs them with a broker of its own; the diagnostics route with the app's (its managed identity)."""
+    settings = broker.settings
+    report = CheckReport(provider=name, warnings=start_up_warnings(settings))
+    if name not in broker.providers:
+        report.fail(unknown_provider_verdict(name, list(settings.providers)))
+        return report
+    config = broker.providers[name].config
+    try:
+        credentials = await _read_secrets(broker, config, report, where)
         if credentials is not None:
-            await _request_token(broker, broker.providers[name].config, credentials, report, overrides)
+            await _request_token(broker, config, credentials, report)
     except Exception as exc:  # noqa: BLE001 - a diagnosis tool ends with a verdict, not a traceback
         # SDK set-up errors (e.g. azure-identity refusing an http AZURE_AUTHORITY_HOST) carry no secrets.
         report.fail(f"the check itself failed: {type(exc).__name__}: {_first_line(str(exc))}")
-    finally:
-        await broker.aclose()
     return report
 
 
 # --- Key Vault -------------------------------------------------------------------------------
 
 
-async def _read_secrets(broker: Broker, name: str, report: CheckReport, env: Mapping[str, str]) -> Credentials | None:
+async def _read_pair(broker: Broker, config: ProviderConfig) -> Credentials:
+    """Both secrets, read now: never the pair a token source read earlier (that would hide a failing vault)."""
     try:
-        credentials = await broker.providers[name].source.read_credentials()
+        async with asyncio.timeout(KEY_VAULT_BUDGET_S):
+            client_id, client_secret = await asyncio.gather(
+                broker.secrets.read(config.client_id_secret), broker.secrets.read(config.client_secret_secret)
+            )
+    except TimeoutError:
+        raise SecretStoreUnavailable(
+            f"{broker.secrets.location} did not answer within {KEY_VAULT_BUDGET_S:.0f} s.",
+            secret=config.client_secret_secret,
+        ) from None
+    return Credentials(client_id=client_id, client_secret=client_secret)
+
+
+async def _read_secrets(
+    broker: Broker, config: ProviderConfig, report: CheckReport, where: Where
+) -> Credentials | None:
+    try:
+        credentials = await _read_pair(broker, config)
     except SecretError as error:
-        verdict = _secret_verdict(error, broker.settings, env)
+        verdict = _secret_verdict(error, broker.settings, where)
         if not verdict.startswith(CREDENTIAL_VERDICTS):
             # The broker's own description guesses at the managed identity; the verdict knows better.
             report.problems.append(error.description)
@@ -185,7 +304,7 @@ async def _read_secrets(broker: Broker, name: str, report: CheckReport, env: Map
     return credentials
 
 
-def _secret_verdict(error: SecretError, settings: Settings, env: Mapping[str, str]) -> str:
+def _secret_verdict(error: SecretError, settings: Settings, where: Where) -> str:
     chain = exception_chain(error)
     vault = urlsplit(settings.key_vault_url or "").netloc
     credential_error = next(
@@ -193,7 +312,7 @@ def _secret_verdict(error: SecretError, settings: Settings, env: Mapping[str, st
         None,
     )
     if credential_error is not None:
-        return _credential_verdict(credential_error, settings, env)
+        return _credential_verdict(credential_error, settings, where.env)
     network = next((e for e in chain if isinstance(e, (ServiceRequestError, ServiceResponseError))), None)
     if network is not None:
         return (
@@ -205,8 +324,54 @@ def _secret_verdict(error: SecretError, settings: Settings, env: Mapping[str, st
     if isinstance(error, SecretStoreUnavailable):
         return f"retry later: Key Vault {vault} is throttling or failing ({error.description})"
     if isinstance(error, SecretForbidden):
-        return f"grant access to the vault: {error.description}"
+        denial = next((d for d in map(vault_denial, chain) if d), None)
+        return _forbidden_verdict(denial, vault, settings, where)
     return f"fix secret {error.secret!r} in {_where(settings)}: {error.description}"
+
+
+def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where: Where) -> str:
+    """Key Vault's 403: its network rules (no role helps), or a missing role (the network is fine)."""
+    if denial == "ForbiddenByConnection" and where.inside_app:
+        return (
+            f"reach the vault through its private endpoint: Key Vault {vault} answered 403 ForbiddenByConnection: "
+            "its public network access is disabled and the app's request did not come through its private endpoint. "
+            "Check the app's VNet integration, the vault's private endpoint and the privatelink.vaultcore.azure.net "
+            "DNS zone linked to the VNet (azd: VNET_ENABLED=true); no role assignment changes this"
+        )
+    if denial == "ForbiddenByConnection":
+        return (
+            f"check from inside the app: Key Vault {vault} answered 403 ForbiddenByConnection: its public network "
+            "access is disabled, so this machine cannot read it, and no role assignment changes that. Run "
+            "python -m broker check --remote https://<app>.azurewebsites.net, or open the vault to your address "
+            "(azd env set BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision)"
+        )
+    if denial == "ForbiddenByFirewall" and where.inside_app:
+        return (
+            f"reach the vault through its private endpoint: Key Vault {vault} answered 403 ForbiddenByFirewall: "
+            "the app's request reached the vault from an address its firewall does not admit. The vault's name "
+            "must resolve to its private endpoint inside the VNet (privatelink.vaultcore.azure.net DNS zone linked "
+            "to the VNet); no role assignment changes this"
+        )
+    if denial == "ForbiddenByFirewall":
+        return (
+            f"open the vault's firewall to this machine: Key Vault {vault} answered 403 ForbiddenByFirewall: its "
+            "firewall does not admit this address, and no role assignment changes that. Add it (azd env set "
+            "BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision), or run python -m broker check "
+            "--remote https://<app>.azurewebsites.net"
+        )
+    if where.inside_app:
+        client_id = settings.managed_identity_client_id
+        who = f"the app's managed identity (AZURE_CLIENT_ID={client_id})" if client_id else "the app's managed identity"
+        extra = " (azd up assigns it; a new assignment can take a few minutes to apply)"
+    else:
+        who = "the account DefaultAzureCredential signed in with (az login)"
+        extra = " or Key Vault Secrets Officer; a new assignment can take a few minutes to apply"
+    code = f"403 {denial}" if denial else "403"
+    return (
+        f"grant the {SECRETS_USER_ROLE} role: Key Vault {vault} refused {who} ({code}): the network let the request "
+        f"through, but the identity has no role that reads secrets. Assign {SECRETS_USER_ROLE} on the vault to it"
+        f"{extra}"
+    )
 
 
 def _credential_verdict(error: ClientAuthenticationError, settings: Settings, env: Mapping[str, str]) -> str:
@@ -248,15 +413,13 @@ def _where(settings: Settings) -> str:
 # --- the token endpoint ----------------------------------------------------------------------
 
 
-async def _request_token(
-    broker: Broker, config: ProviderConfig, credentials: Credentials, report: CheckReport, overrides: Overrides
-) -> None:
+async def _request_token(broker: Broker, config: ProviderConfig, credentials: Credentials, report: CheckReport) -> None:
     endpoint = TokenEndpoint(
         broker.http,
         config,
         budget_s=broker.settings.token_budget_s,
         retry=RetryPolicy(max_attempts=1),
-        clock=overrides.clock,
+        clock=broker.clock,
     )
     configured = (config.auth_method, config.basic_encoding if config.auth_method == "client_secret_basic" else "raw")
     ordered = sorted(VARIANTS, key=lambda v: (v[0], v[1]) != configured)
@@ -266,14 +429,18 @@ async def _request_token(
         ordered = ordered[:1]
     rejections: list[TokenRejected] = []
     for method, encoding, label in ordered:
+        started = time.perf_counter()
         outcome = await _attempt(endpoint, credentials, method, encoding)
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         if isinstance(outcome, Token):
-            report.attempts.append({"variant": label, "result": "accepted"})
+            report.attempts.append({"variant": label, "result": "accepted", "latency_ms": latency_ms})
             report.token = _token_summary(outcome)
             _accepted(report, config, credentials, (method, encoding) == configured, method, encoding, label)
             return
         status = f" (HTTP {outcome.upstream_status})" if isinstance(outcome, TokenRejected) else ""
-        report.attempts.append({"variant": label, "result": f"{outcome.code}{status}: {outcome.description}"})
+        report.attempts.append(
+            {"variant": label, "result": f"{outcome.code}{status}: {outcome.description}", "latency_ms": latency_ms}
+        )
         verdict = _endpoint_verdict(outcome, config)
         if verdict is not None:
             report.problems.append(outcome.description)

@@ -1,6 +1,6 @@
 """Configuration: read once from app settings / the environment into frozen objects.
 
-Every name here is a public contract documented in the README. ``load_settings``
+Every name here is a public contract documented in docs/reference.md. ``load_settings``
 validates with real checks and raises :class:`~broker.errors.ConfigError` naming
 the offending setting; it never uses ``assert``.
 """
@@ -39,10 +39,13 @@ DEFAULT_PROVIDERS = "ilevel"
 DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
 # The data API root, seen in the same public client code (shared/DOMAIN.md).
 DEFAULT_API_BASE_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/"}
-# Proxy mode. Azure's front end cuts an HTTP request at 230 s, so an upstream call may take
-# at most 220 s, leaving room to answer with a 504 of our own.
+# Azure's HTTP front end cuts a request at 230 s, whatever functionTimeout says.
+FRONT_END_TIMEOUT_S = 230.0
+# Proxy mode. host.json's functionTimeout (220 s) must sit above the longest proxied request plus a
+# whole token budget, with margin, and below the front end's 230 s: 160 + 50 + 10 = 220. Above that,
+# a slow upstream would race the host's timeout instead of getting the broker's own 504.
 DEFAULT_PROXY_TIMEOUT_S = 120.0
-MAX_PROXY_TIMEOUT_S = 220.0
+MAX_PROXY_TIMEOUT_S = 160.0
 DEFAULT_PROXY_MAX_RESPONSE_MB = 100
 # Upstream requests in flight per provider per instance: an ADF ForEach with batch count 50
 # must not become 50 parallel calls against iLevel's rate limits.
@@ -50,6 +53,7 @@ DEFAULT_PROXY_CONCURRENCY = 8
 # ADF's Web activity times out after 60 s by default; a whole token request,
 # retries included, must finish well inside it, leaving room for Key Vault reads.
 DEFAULT_TOKEN_BUDGET_S = 25.0
+MAX_TOKEN_BUDGET_S = 50.0
 # The fleet token cache (issue 14): the Key Vault secret holding its key, and the container infra creates.
 DEFAULT_FLEET_KEY_SECRET = "broker-fleet-cache-key"
 FLEET_CONTAINER = "broker-tokens"
@@ -463,8 +467,11 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         budget = float(budget_text) if budget_text else DEFAULT_TOKEN_BUDGET_S
     except ValueError:
         raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", f"must be a number of seconds, got {budget_text!r}") from None
-    if not 1 <= budget <= 50:
-        raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", "must be between 1 and 50 (ADF's Web activity waits 60 s)")
+    if not 1 <= budget <= MAX_TOKEN_BUDGET_S:
+        raise ConfigError(
+            "BROKER_TOKEN_BUDGET_SECONDS",
+            f"must be between 1 and {MAX_TOKEN_BUDGET_S:g} (ADF's Web activity waits 60 s)",
+        )
 
     timeout_text = env.get("BROKER_PROXY_TIMEOUT_SECONDS", "").strip()
     try:
@@ -475,7 +482,9 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         ) from None
     if not 1 <= proxy_timeout <= MAX_PROXY_TIMEOUT_S:
         raise ConfigError(
-            "BROKER_PROXY_TIMEOUT_SECONDS", "must be between 1 and 220 (Azure's front end cuts requests at 230 s)"
+            "BROKER_PROXY_TIMEOUT_SECONDS",
+            f"must be between 1 and {MAX_PROXY_TIMEOUT_S:g} (the Functions host's timeout, 220 s, must cover it plus "
+            "a token fetch, below the 230 s at which Azure's front end cuts requests)",
         )
     max_response_mb = _integer(env, "BROKER_PROXY_MAX_RESPONSE_MB", DEFAULT_PROXY_MAX_RESPONSE_MB, low=1, high=1024)
 

@@ -1,11 +1,15 @@
 """The HTTP surface: one ASGI app, hosted by Azure Functions and by uvicorn alike.
 
-Order of checks, so an unauthenticated caller learns nothing: oversized headers (431)
-→ caller token (401) → route and method (404/405) → parameters (400) → provider
-(404) → authorization (403) → token (200, or 502/503/504). ``/api/health`` is
-anonymous and touches nothing upstream. The one place errors become responses is
-:func:`error_response`, and every response leaves through :meth:`BrokerApp.__call__`,
-which gives it ``X-Request-Id`` and ``Cache-Control: no-store`` and strips a HEAD body.
+Every route has one shape (:class:`Route` in :data:`ROUTES`, run by :meth:`BrokerApp.handle`):
+oversized headers (431) → caller token (401) → the kinds of caller the route accepts
+(:class:`~broker.caller_auth.Accepts`: 401/403) → method (405) → the route's handler, whose
+order is parameters (400) → provider (404) → authorization (403) → the work (200, or
+502/503/504). A path no route claims is authenticated first and then 404, so an
+unauthenticated caller learns nothing. ``/api/health`` is anonymous and touches nothing
+upstream. Errors become responses in one place (:func:`error_response`), every response
+leaves through :func:`deliver` (``X-Request-Id``, ``Cache-Control: no-store``, no HEAD body),
+and every authenticated request writes one access line (:class:`Access`) after it is sent.
+A new route is a handler plus a :class:`Route` entry, nothing more.
 
 No framework routing: the app answers every method and path itself (TRACE, ``*``), so
 no reply is ever a framework's plain-text page. The ASGI lifespan is acknowledged and
@@ -20,8 +24,8 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -30,8 +34,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from broker.cache import Served
-from broker.caller_auth import Caller
+from broker.caller_auth import ANY_CALLER, APPLICATIONS_ONLY, LOCAL_DEVELOPER, Accepts, Caller
 from broker.config import PROVIDER_NAME
+from broker.diagnostics import Diagnostics
 from broker.errors import (
     BrokerError,
     BrokerMisconfigured,
@@ -65,8 +70,13 @@ REQUEST_ID_HEADER = "X-Request-Id"
 REALM = "ilevel-token-broker"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
+_DIAGNOSTICS_PATH = re.compile(r"^/api/diagnostics(?:/([^/]*))?/?$")
+# The diagnostics verdict for a HEAD (or a monitor that reads no body): ok or failed.
+DIAGNOSTICS_HEADER = "X-Broker-Diagnostics"
+# Who may run diagnostics: a user (delegated token) with the Diagnostics.Run scope, or an application;
+# either way holding the app role Broker.Operator (the Entra hook declares both).
+OPERATORS = Accepts(applications=True, users=True, scope="Diagnostics.Run", role="Broker.Operator")
 PROXY_PREFIX = "/api/proxy/"
-PROXY_METHODS = "GET, HEAD, POST"
 # On every error the broker makes itself on the proxy route, so a caller can tell it from the API's own.
 BROKER_ERROR_HEADER = "X-Broker-Error"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -83,10 +93,8 @@ def token_body(token: Token, now: float) -> dict[str, Any]:
     }
 
 
-def token_origin(served: Served | None) -> str:
-    """The access line's ``origin``: this instance's cache, the fleet cache, a token request, or no token."""
-    if served is None:
-        return "-"
+def token_origin(served: Served) -> str:
+    """The access line's ``origin``: this instance's cache, the fleet cache, or this instance's token request."""
     if served.outcome in ("hit", "stale"):
         return "instance"
     return served.token.origin
@@ -181,6 +189,21 @@ async def acknowledge_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+async def deliver(response: Response, request: Request, ids: RequestIds, send: Send) -> None:
+    """Send ``response`` with what every response gets: X-Request-Id, no-store, and no body on HEAD."""
+    response.headers.setdefault(REQUEST_ID_HEADER, ids.echo)
+    for key, value in NO_STORE.items():
+        response.headers.setdefault(key, value)
+    head = request.method == "HEAD"
+
+    async def send_without_head_body(message: Message) -> None:
+        if head and message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    await response(request.scope, request.receive, send_without_head_body)
+
+
 class _Surface:
     """What every response gets, whichever route or failure made it."""
 
@@ -190,21 +213,9 @@ class _Surface:
             return
         if scope["type"] != "http":
             return  # websockets: not served; the server closes the connection
-        ids = RequestIds.of(scope)
-        response = await self.respond(Request(scope, receive), ids)
-        response.headers.setdefault(REQUEST_ID_HEADER, ids.echo)
-        for key, value in NO_STORE.items():
-            response.headers.setdefault(key, value)
-        head = scope["method"] == "HEAD"
+        await self.handle(Request(scope, receive), RequestIds.of(scope), send)
 
-        async def send_without_head_body(message: Message) -> None:
-            if head and message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
-
-        await response(scope, receive, send_without_head_body)
-
-    async def respond(self, request: Request, ids: RequestIds) -> Response:
+    async def handle(self, request: Request, ids: RequestIds, send: Send) -> None:
         raise NotImplementedError
 
 
@@ -215,171 +226,321 @@ class MisconfiguredApp(_Surface):
     def __init__(self, error: ConfigError) -> None:
         self.error = BrokerMisconfigured(error)
 
-    async def respond(self, request: Request, ids: RequestIds) -> Response:
+    async def handle(self, request: Request, ids: RequestIds, send: Send) -> None:
         log.info("request id=%s broker_id=%s outcome=%s", ids.echo, ids.own, self.error.code)
-        return error_response(self.error, ids.echo)
+        await deliver(error_response(self.error, ids.echo), request, ids, send)
+
+
+# --- one shape for every route ---------------------------------------------------------------------
+
+Handler = Callable[[Broker, Request, "Access"], Awaitable[Response]]
+Observer = Callable[[Broker, "Access", BrokerError | None], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """One route: where it is, what it takes, and what its access line says.
+
+    The shape (:meth:`BrokerApp.handle`) does the rest for every route alike: 431 for oversized
+    headers, authentication (401) and ``accepts`` (401/403), the method (405), error translation,
+    the access line and ``observe`` (telemetry), in that order. ``accepts=None`` is an anonymous
+    route with no access line (health).
+    """
+
+    kind: str  # the access line's first word
+    path: re.Pattern[str]
+    methods: tuple[str, ...]  # empty: any method
+    handler: Handler
+    accepts: Accepts | None = APPLICATIONS_ONLY
+    # The route's own access-line fields, in order, with the value written when the handler set none.
+    # ``outcome``, ``status`` and ``method`` are filled in by the shape.
+    line: tuple[tuple[str, str], ...] = (("outcome", "-"),)
+    # Errors the broker makes itself carry X-Broker-Error, to tell them from an upstream's own.
+    marks_errors: bool = False
+    observe: Observer | None = None
+
+    def allowed(self) -> str:
+        return ", ".join(self.methods)
+
+    def template(self) -> str:
+        """The access line's %-format: the common fields, the route's own, then the latency."""
+        own = "".join(f"{name}=%s " for name, _ in self.line)
+        return f"%s id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s {own}latency_ms=%.1f"
+
+
+@dataclass
+class Access:
+    """One request's access line (logger ``broker.access``), written once after the answer is sent.
+
+    The shape fills in the caller, status and outcome; the handler sets ``provider`` and its own
+    fields (``access.fields["path"] = ...``).
+    """
+
+    route: Route
+    ids: RequestIds
+    method: str
+    started: float = field(default_factory=time.perf_counter)
+    caller: Caller | None = None
+    provider: str = "-"
+    status: int = 500
+    outcome: str = "error"
+    fields: dict[str, object] = field(default_factory=dict)
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    def write(self) -> None:
+        own = {"outcome": self.outcome, "status": self.status, "method": self.method}
+        values = [self.fields.get(name, own.get(name, default)) for name, default in self.route.line]
+        log.info(
+            self.route.template(),
+            self.route.kind,
+            self.ids.echo,
+            self.ids.own,
+            self.provider,
+            self.caller.oid if self.caller else "-",
+            self.caller.app_id if self.caller else "-",
+            *values,
+            self.elapsed_s() * 1000,
+        )
 
 
 class BrokerApp(_Surface):
-    """The broker's ASGI application."""
+    """The broker's ASGI application: the first route in :data:`ROUTES` whose path matches answers."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, routes: Sequence[Route] | None = None) -> None:
         self.broker = broker
+        self.routes = tuple(routes if routes is not None else ROUTES)
 
-    async def respond(self, request: Request, ids: RequestIds) -> Response:
-        if request.scope["path"] == "/api/health":
-            if request.method not in ("GET", "HEAD"):
-                return _method_not_allowed("GET, HEAD")
-            return JSONResponse({"status": "ok"})
-        if request.scope["path"].startswith(PROXY_PREFIX):
-            return await self.proxy(request, ids)
-        return await self.dispatch(request, ids)
+    def route(self, path: str) -> Route:
+        for route in self.routes:
+            if route.path.match(path):
+                return route
+        return NOT_FOUND
 
-    async def _caller(self, request: Request) -> Caller:
-        """431 for oversized headers, then 401 for the caller token: the first two checks of every route."""
+    async def handle(self, request: Request, ids: RequestIds, send: Send) -> None:
+        route = self.route(request.scope["path"])
+        if route.accepts is None:
+            response = await self._anonymous(route, request)
+            await deliver(response, request, ids, send)
+            return
+        access = Access(route, ids, request.method)
+        error: BrokerError | None = None
+        try:
+            try:
+                response = await self._answer(route, request, access)
+                access.status = response.status_code
+            except BrokerError as exc:
+                error = exc
+                response = self._error_response(route, access, exc)
+            except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
+                access.outcome = "internal_error"
+                access.status = 500
+                errors_log.exception("%s %s broker_id=%s failed unexpectedly", route.kind, ids.echo, ids.own)
+                response = _internal_error(ids.own)
+                if route.marks_errors:
+                    response.headers[BROKER_ERROR_HEADER] = "internal_error"
+            await deliver(response, request, ids, send)
+        finally:
+            if route.observe is not None:
+                route.observe(self.broker, access, error)
+            access.write()
+
+    async def _anonymous(self, route: Route, request: Request) -> Response:
+        if request.method not in route.methods:
+            return _method_not_allowed(route.allowed())
+        return await route.handler(self.broker, request, Access(route, RequestIds("-", "-"), request.method))
+
+    async def _answer(self, route: Route, request: Request, access: Access) -> Response:
+        """431 → 401 → the route's callers (401/403) → 405 → the handler."""
         if sum(len(k) + len(v) for k, v in request.headers.raw) > MAX_HEADER_BYTES:
             raise HeadersTooLarge("The request headers are over 16 KiB.")
         try:
-            return await self.broker.authenticate(request.headers.get("authorization"))
+            access.caller = await self.broker.authenticate(request.headers.get("authorization"))
+            if route.accepts is not None and not self.broker.settings.caller_auth_disabled:
+                route.accepts.admit(access.caller)
         except InvalidCallerToken as error:
             self.broker.telemetry.caller_rejected(error.reason)
             raise
-
-    async def proxy(self, request: Request, ids: RequestIds) -> Response:
-        """``/api/proxy/{provider}/{path}``: 431 → 401 → 405 → 404 → 403 → mode → 400 path → 413 body → upstream."""
-        broker = self.broker
-        started = time.perf_counter()
-        caller: Caller | None = None
-        provider = "-"
-        path = "-"
-        status = 500
-        forwarded: Forwarded | None = None
-        try:
-            caller = await self._caller(request)
-            if request.method not in PROXY_METHODS.split(", "):
-                status = 405
-                response = _method_not_allowed(PROXY_METHODS)
+        if route.methods and request.method not in route.methods:
+            access.outcome = "method_not_allowed"
+            response = _method_not_allowed(route.allowed())
+            if route.marks_errors:
                 response.headers[BROKER_ERROR_HEADER] = "method_not_allowed"
-                return response
-            # The raw path keeps the caller's percent-encoding (under uvicorn; the Functions host decodes it).
-            raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
-            parts = raw.split(b"/", 4)  # b"", b"api", b"proxy", name, path
-            name = parts[3].decode("latin-1") if len(parts) > 3 else ""
-            if not PROVIDER_NAME.fullmatch(name):
-                raise NotFound(
-                    "This broker has no such provider. Check the provider name in the URL "
-                    "(/api/proxy/<provider>/<path>).",
-                    code="unknown_provider",
-                )
-            upstream = broker.proxy(caller, name)
-            provider = name
-            target = safe_path(parts[4] if len(parts) > 4 else b"")
-            path = "/" + target
-            body = await _proxied_body(request)
-            root = public_root(request.scope.get("scheme", "http"), _caller_host(request.scope), name)
-            if root is None:
-                raise InvalidRequest("The Host header is not a host name; the broker cannot build its links.")
-            forwarded = await upstream.forward(
-                Call(
-                    method=request.method,
-                    path=target,
-                    query=forwarded_query(request.scope.get("query_string", b"")),
-                    headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
-                    body=body,
-                    request_id=ids.echo,
-                    root=root,
-                )
-            )
-            status = forwarded.status
-            return _forwarded_response(forwarded)
-        except BrokerError as error:
-            status = error.status
-            if error.status >= 500:
-                errors_log.error("proxy %s broker_id=%s: %s %s", ids.echo, ids.own, error.code, error.description)
-            response = error_response(error, ids.echo)
-            response.headers[BROKER_ERROR_HEADER] = error.code
             return response
-        except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
-            errors_log.exception("proxy %s broker_id=%s failed unexpectedly", ids.echo, ids.own)
-            response = _internal_error(ids.own)
-            response.headers[BROKER_ERROR_HEADER] = "internal_error"
-            return response
-        finally:
-            elapsed = time.perf_counter() - started
-            broker.telemetry.proxied(provider, status, elapsed)
-            log.info(
-                "proxy id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s method=%s path=%s status=%d "
-                "bytes=%d upstream_ms=%.1f token=%s latency_ms=%.1f",
-                ids.echo,
-                ids.own,
-                provider,
-                caller.oid if caller else "-",
-                caller.app_id if caller else "-",
-                request.method,
-                path,
-                status,
-                forwarded.size if forwarded else 0,
-                forwarded.upstream_latency_s * 1000 if forwarded else 0.0,
-                forwarded.token_fingerprint if forwarded else "-",
-                elapsed * 1000,
-            )
+        return await route.handler(self.broker, request, access)
 
-    async def dispatch(self, request: Request, ids: RequestIds) -> Response:
-        broker = self.broker
-        request_id = ids.echo
-        started = time.perf_counter()
-        caller: Caller | None = None
-        provider = "-"
-        outcome = "error"
-        served: Served | None = None
-        try:
-            caller = await self._caller(request)
-            match = _TOKEN_PATH.fullmatch(request.scope["path"])
-            if match is None:
-                raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
-            if request.method not in ("GET", "POST"):
-                outcome = "method_not_allowed"
-                return _method_not_allowed("GET, POST")
-            min_validity, force = _query(request)
-            name = match.group(1)
-            if not PROVIDER_NAME.fullmatch(name):
-                raise InvalidRequest("A provider name is 1 to 32 characters of a-z, 0-9 and '-'.")
-            provider = name
-            served = await broker.token(caller, name, min_validity=min_validity, force=force)
-            now = broker.clock()
-            outcome = served.outcome
-            broker.telemetry.token_served(name, served, now)
-            response: Response = JSONResponse(token_body(served.token, now))
-            if served.stale_reason is not None:
-                response.headers[STALE_HEADER] = served.stale_reason.code
-            if served.force_refused_retry_after is not None:
-                response.headers[FORCE_HEADER] = f"refused; retry-after={served.force_refused_retry_after}"
-            return response
-        except BrokerError as error:
-            outcome = error.code
-            if provider != "-":
-                broker.telemetry.token_failed(provider, error)
-            if error.status >= 500:
-                errors_log.error("request %s broker_id=%s: %s %s", request_id, ids.own, error.code, error.description)
-            return error_response(error, request_id)
-        except Exception:  # noqa: BLE001 - the boundary: no stack trace may reach a caller
-            outcome = "internal_error"
-            errors_log.exception("request %s broker_id=%s failed unexpectedly", request_id, ids.own)
-            return _internal_error(ids.own)
-        finally:
-            log.info(
-                "request id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s outcome=%s origin=%s token=%s "
-                "latency_ms=%.1f",
-                request_id,
-                ids.own,
-                provider,
-                caller.oid if caller else "-",
-                caller.app_id if caller else "-",
-                outcome,
-                token_origin(served),
-                served.token.access_token.fingerprint() if served else "-",
-                (time.perf_counter() - started) * 1000,
+    def _error_response(self, route: Route, access: Access, error: BrokerError) -> Response:
+        access.status = error.status
+        access.outcome = error.code
+        if error.status >= 500:
+            errors_log.error(
+                "%s %s broker_id=%s: %s %s", route.kind, access.ids.echo, access.ids.own, error.code, error.description
             )
+        response = error_response(error, access.ids.echo)
+        if route.marks_errors:
+            response.headers[BROKER_ERROR_HEADER] = error.code
+        return response
+
+
+# --- the routes ------------------------------------------------------------------------------------
+
+
+async def health(broker: Broker, request: Request, access: Access) -> Response:
+    """``/api/health``: anonymous, touches nothing upstream."""
+    return JSONResponse({"status": "ok"})
+
+
+async def token(broker: Broker, request: Request, access: Access) -> Response:
+    """``/api/token/{provider}``: 400 parameters → 400 name → 404 provider → 403 → the token."""
+    min_validity, force = _query(request)
+    match = _TOKEN_PATH.fullmatch(request.scope["path"])
+    name = match.group(1) if match else ""
+    if not PROVIDER_NAME.fullmatch(name):
+        raise InvalidRequest("A provider name is 1 to 32 characters of a-z, 0-9 and '-'.")
+    access.provider = name
+    served = await broker.token(access.caller or LOCAL_DEVELOPER, name, min_validity=min_validity, force=force)
+    now = broker.clock()
+    access.outcome = served.outcome
+    access.fields["origin"] = token_origin(served)
+    access.fields["token"] = served.token.access_token.fingerprint()
+    broker.telemetry.token_served(name, served, now)
+    response: Response = JSONResponse(token_body(served.token, now))
+    if served.stale_reason is not None:
+        response.headers[STALE_HEADER] = served.stale_reason.code
+    if served.force_refused_retry_after is not None:
+        response.headers[FORCE_HEADER] = f"refused; retry-after={served.force_refused_retry_after}"
+    return response
+
+
+def _token_failed(broker: Broker, access: Access, error: BrokerError | None) -> None:
+    if error is not None and access.provider != "-":
+        broker.telemetry.token_failed(access.provider, error)
+
+
+async def proxy(broker: Broker, request: Request, access: Access) -> Response:
+    """``/api/proxy/{provider}/{path}``: 404 → 403 → mode → 400 path → 413 body → upstream."""
+    # The raw path keeps the caller's percent-encoding (under uvicorn; the Functions host decodes it).
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    parts = raw.split(b"/", 4)  # b"", b"api", b"proxy", name, path
+    name = parts[3].decode("latin-1") if len(parts) > 3 else ""
+    if not PROVIDER_NAME.fullmatch(name):
+        raise NotFound(
+            "This broker has no such provider. Check the provider name in the URL (/api/proxy/<provider>/<path>).",
+            code="unknown_provider",
+        )
+    upstream = broker.proxy(access.caller or LOCAL_DEVELOPER, name)
+    access.provider = name
+    target = safe_path(parts[4] if len(parts) > 4 else b"")
+    access.fields["path"] = "/" + target
+    body = await _proxied_body(request)
+    root = public_root(request.scope.get("scheme", "http"), _caller_host(request.scope), name)
+    if root is None:
+        raise InvalidRequest("The Host header is not a host name; the broker cannot build its links.")
+    forwarded = await upstream.forward(
+        Call(
+            method=request.method,
+            path=target,
+            query=forwarded_query(request.scope.get("query_string", b"")),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+            body=body,
+            request_id=access.ids.echo,
+            root=root,
+        )
+    )
+    access.fields.update(
+        bytes=forwarded.size,
+        upstream_ms=f"{forwarded.upstream_latency_s * 1000:.1f}",
+        token=forwarded.token_fingerprint,
+    )
+    return _forwarded_response(forwarded)
+
+
+def _proxied(broker: Broker, access: Access, error: BrokerError | None) -> None:
+    broker.telemetry.proxied(access.provider, access.status, access.elapsed_s())
+
+
+async def diagnostics(broker: Broker, request: Request, access: Access) -> Response:
+    """``/api/diagnostics[/{provider}]``: 404 provider → check's steps inside the app (:mod:`broker.diagnostics`).
+
+    200 whatever the verdict: the report is the answer. At most one run per provider per minute reaches
+    Key Vault and the token endpoint; in between, the last report with its age.
+    """
+    match = _DIAGNOSTICS_PATH.fullmatch(request.scope["path"])
+    name = match.group(1) if match else None
+    runner = Diagnostics.of(broker)
+    body: dict[str, Any]
+    if name:
+        if name not in broker.providers:
+            # The caller holds Broker.Operator: it may learn which providers there are (check --remote names them).
+            access.outcome = "unknown_provider"
+            error = NotFound(f"This broker has no provider {name[:32]!r}; it serves {', '.join(broker.providers)}.")
+            return JSONResponse(
+                {"error": "unknown_provider", "error_description": error.description, "providers": runner.providers},
+                status_code=404,
+            )
+        access.provider = name
+        report = await runner.report(name)
+        body, ok = report.as_dict(), report.ok
+        access.fields["age_s"] = f"{report.age_s or 0:.0f}"
+    else:
+        body = await runner.summary()
+        ok = body["ok"] is True
+    access.outcome = "ok" if ok else "failed"
+    response = JSONResponse(body)
+    response.headers[DIAGNOSTICS_HEADER] = access.outcome
+    return response
+
+
+async def not_found(broker: Broker, request: Request, access: Access) -> Response:
+    """Any other path, once the caller is authenticated: a 404 that says where tokens are."""
+    raise NotFound("No such endpoint; tokens are at /api/token/<provider>.")
+
+
+HEALTH = Route(kind="health", path=re.compile(r"^/api/health$"), methods=("GET", "HEAD"), handler=health, accepts=None)
+TOKEN = Route(
+    kind="request",
+    path=_TOKEN_PATH,
+    methods=("GET", "POST"),
+    handler=token,
+    # origin: where the token came from (instance, fleet, fetch; "-" for none), see token_origin.
+    line=(("outcome", "-"), ("origin", "-"), ("token", "-")),
+    observe=_token_failed,
+)
+PROXY = Route(
+    kind="proxy",
+    path=re.compile("^" + re.escape(PROXY_PREFIX)),
+    methods=("GET", "HEAD", "POST"),
+    handler=proxy,
+    line=(
+        ("method", "-"),
+        ("path", "-"),
+        ("status", "500"),
+        ("bytes", "0"),
+        ("upstream_ms", "0.0"),
+        ("token", "-"),
+    ),
+    marks_errors=True,
+    observe=_proxied,
+)
+# Anything else: authenticated first (so an unauthenticated caller learns nothing), then 404.
+NOT_FOUND = Route(
+    kind="request",
+    path=re.compile(""),
+    methods=(),
+    handler=not_found,
+    accepts=ANY_CALLER,
+    line=(("outcome", "-"), ("origin", "-"), ("token", "-")),
+)
+DIAGNOSTICS = Route(
+    kind="diagnostics",
+    path=_DIAGNOSTICS_PATH,
+    methods=("GET", "HEAD"),
+    handler=diagnostics,
+    accepts=OPERATORS,
+    line=(("outcome", "-"), ("age_s", "-")),
+)
+ROUTES: tuple[Route, ...] = (HEALTH, TOKEN, PROXY, DIAGNOSTICS)
 
 
 def _caller_host(scope: Scope) -> str:

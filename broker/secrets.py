@@ -53,6 +53,18 @@ KEY_VAULT_RETRY_AFTER_S = 10
 # retries stay inside the 15 s Key Vault budget, and no worker thread sleeps on after the caller left.
 SDK_RETRY_SLEEP_CAP_S = 4
 VAULT_RETRY_AFTER_HEADER = "x-broker-vault-retry-after"
+# Key Vault's 403s that come from its network rules, not from a missing role: what to do about each.
+NETWORK_DENIALS = {
+    "ForbiddenByConnection": (
+        "the vault's public network access is disabled and this request did not come through its private "
+        "endpoint. Give the app VNet integration with a private endpoint and private DNS zone for the vault "
+        "(azd: the network option), or allow public access from selected networks; a role changes nothing here."
+    ),
+    "ForbiddenByFirewall": (
+        "the vault's firewall does not admit this client address. Add the address or the app's subnet to the "
+        "vault's network rules, or reach the vault through its private endpoint; a role changes nothing here."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,11 @@ class SecretValue:
     value: Secret
     # What looked wrong with the stored value (see value_problems); never the value itself.
     problems: tuple[str, ...] = ()
+    # Where it came from, for diagnostics: Key Vault's secret id (vault URL, name, version), whether
+    # that version is enabled, and when it was created (epoch seconds; None where there is no such thing).
+    id: str = ""
+    enabled: bool = True
+    created: float | None = None
 
     def describe(self) -> str:
         return f"{self.name} (version {self.version})"
@@ -144,7 +161,7 @@ class EnvironmentSecretStore:
         value = clean_secret(name, raw)
         # Locally there are no versions; a fingerprint stands in so that a changed value counts as new.
         version = "env-" + fingerprint(value.reveal())
-        return SecretValue(name=name, version=version, value=value, problems=value_problems(raw))
+        return SecretValue(name=name, version=version, value=value, problems=value_problems(raw), id=f"env:{variable}")
 
 
 class SecretClientLike(Protocol):
@@ -208,7 +225,16 @@ class KeyVaultSecretStore:
         if secret.value is None:
             raise SecretEmpty(f"Secret {name!r} (version {version}) in {self.location} has no value.", secret=name)
         value = clean_secret(name, secret.value)
-        return SecretValue(name=name, version=version, value=value, problems=value_problems(secret.value))
+        created = secret.properties.created_on
+        return SecretValue(
+            name=name,
+            version=version,
+            value=value,
+            problems=value_problems(secret.value),
+            id=str(secret.id or ""),
+            enabled=secret.properties.enabled is not False,
+            created=created.timestamp() if created is not None else None,
+        )
 
     def _newest_enabled(self, name: str) -> Any:
         """The latest version is disabled: fall back to the newest enabled one, loudly."""
@@ -246,6 +272,12 @@ class KeyVaultSecretStore:
                 retry_after=KEY_VAULT_RETRY_AFTER_S,
             )
         status = getattr(exc, "status_code", None)
+        denial = vault_denial(exc)
+        if denial in NETWORK_DENIALS:
+            return SecretForbidden(
+                f"{where} refused to read secret {name!r} (403 {denial}): {NETWORK_DENIALS[denial]}",
+                secret=name,
+            )
         if status in (401, 403):
             return SecretForbidden(
                 f"{where} refused to read secret {name!r} ({status}): grant the identity {self._identity} "
@@ -273,11 +305,24 @@ class KeyVaultSecretStore:
         )
 
 
+def vault_denial(exc: BaseException) -> str | None:
+    """Key Vault's inner error code of a 403 (``ForbiddenByRbac``, ``ForbiddenByConnection``, ...), if any."""
+    if not isinstance(exc, HttpResponseError) or exc.status_code != 403:
+        return None
+    inner = getattr(exc.error, "innererror", None) or {}
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return str(code) if code else None
+
+
 def _is_disabled(exc: HttpResponseError) -> bool:
     if exc.status_code != 403:
         return False
-    inner = getattr(exc.error, "innererror", None) or {}
-    return inner.get("code") == "SecretDisabled" or "disabled" in str(getattr(exc.error, "message", "")).lower()
+    code = vault_denial(exc)
+    if code is not None:
+        return code == "SecretDisabled"
+    # "Operation get is not allowed on a disabled secret." Not just "disabled": a vault whose public
+    # access is disabled says so too (ForbiddenByConnection), and that is no disabled secret.
+    return "disabled secret" in str(getattr(exc.error, "message", "")).lower()
 
 
 def _retry_after(exc: AzureError) -> float | None:

@@ -1,6 +1,6 @@
 """Fetching one provider's token: read fresh credentials, request, and survive rotation.
 
-How the broker chooses which credentials to send (the README's rotation section):
+How the broker chooses which credentials to send (docs/internals.md, rotation):
 
 1. Every fetch reads both secrets from Key Vault (latest enabled versions), so a new
    version is used from the next fetch on.

@@ -60,8 +60,33 @@ param appSubnetPrefix string = '10.0.1.0/24'
 @description('Subnet inside vnetAddressPrefix for the private endpoints.')
 param privateEndpointSubnetPrefix string = '10.0.2.0/24'
 
-@description('Comma-separated public IPv4 addresses of operators who put secrets into the vault (vnetEnabled). Each gets a firewall rule on the vault and on storage. Empty: no public access at all.')
+@description('Comma-separated public IPv4 addresses of operators who put secrets into the vault (vnetEnabled). Each gets a firewall rule on the vault only; storage never opens to them. A non-empty list turns the vault\'s public network access on, which a Deny policy on Key Vault public access refuses (docs/deploy.md). Empty: no public access at all.')
 param operatorIpAddresses string = ''
+
+@description('A NAT gateway with one static public IP on the app subnet (vnetEnabled): the broker\'s outbound traffic to iLevel and other providers leaves from that one address (output BROKER_EGRESS_IP), which providers can allow-list. Costs an hourly fee plus data processed (docs/deploy.md). false: the app\'s outbound traffic uses the platform\'s shared addresses.')
+param natGatewayEnabled bool = false
+
+// Flex Consumption's instance sizes (MB). The broker is I/O-bound; 2048 leaves the proxy room for
+// concurrent streamed responses, and the broker sizes its proxy budget from this value
+// (BROKER_INSTANCE_MEMORY_MB). 512 is the smallest and cheapest.
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Memory of one Flex Consumption instance, in MB; also the app setting BROKER_INSTANCE_MEMORY_MB.')
+param instanceMemoryMB int = 2048
+
+// Broker settings an operator may change through azd (docs/deploy.md, "App settings through azd").
+// Empty: the setting is left out and the broker uses its own default.
+@description('BROKER_PROXY_TIMEOUT_SECONDS: seconds a whole proxied request may take (1-160, docs/reference.md). Empty: the broker\'s default.')
+param proxyTimeoutSeconds string = ''
+
+@description('BROKER_PROXY_MAX_RESPONSE_MB: largest proxied response, in MiB (1-1024, docs/reference.md). Empty: the broker\'s default.')
+param proxyMaxResponseMb string = ''
+
+@description('BROKER_TOKEN_BUDGET_SECONDS: seconds a whole token request may take, retries included (1-50, docs/reference.md). Empty: the broker\'s default.')
+param tokenBudgetSeconds string = ''
 
 // The broker is async and I/O-bound: one instance answers hundreds of concurrent cached-token
 // requests, and in proxy mode holds many slow upstream calls open at once. Flex Consumption's Python
@@ -72,11 +97,11 @@ param operatorIpAddresses string = ''
 @description('HTTP requests one instance handles at once before Flex Consumption adds an instance.')
 param httpPerInstanceConcurrency int = 100
 
-// Each instance fetches its own provider token and reads Key Vault on its own, so this also caps
-// upstream token requests and Key Vault reads during a burst. 40 was Flex Consumption's lowest
-// allowed maximum when this was written (the platform rejects lower values where that still holds);
-// with 100 per instance it serves 4,000 concurrent requests.
-@minValue(1)
+// Each instance fetches its own provider token and reads Key Vault on its own (unless the fleet
+// cache serves it), so this also caps upstream token requests and Key Vault reads during a burst.
+// Flex Consumption rejects a maximum below 40, so 40 is the lowest this accepts; with 100 per
+// instance it serves 4,000 concurrent requests.
+@minValue(40)
 @maxValue(1000)
 @description('Upper bound on Flex Consumption instances.')
 param maximumInstanceCount int = 40
@@ -87,11 +112,17 @@ var tags = {
   'azd-env-name': environmentName
 }
 var appIdUri = empty(brokerAppIdUri) ? 'api://${tenant().tenantId}/ilevel-token-broker-${environmentName}' : brokerAppIdUri
-var operatorIps = empty(operatorIpAddresses) ? [] : split(replace(operatorIpAddresses, ' ', ''), ',')
-// With the network on and no operator address, storage is reached only through its private endpoints.
-var storagePublicNetworkAccess = vnetEnabled && empty(operatorIps) ? 'Disabled' : 'Enabled'
+// Spaces removed (addresses have none), empty items dropped: "a, b," is two addresses; ARM refuses
+// an empty IP rule.
+var operatorIps = filter(split(replace(operatorIpAddresses, ' ', ''), ','), address => !empty(address))
+// With the network on, storage is reached only through its private endpoints, whatever the operator
+// addresses: operators never need storage, and a Deny policy on storage public access stays satisfied.
+var storagePublicNetworkAccess = vnetEnabled ? 'Disabled' : 'Enabled'
 var functionAppName = '${abbrs.webSitesFunctions}broker-${resourceToken}'
 var deploymentContainerName = 'app-package-broker'
+// The fleet token cache (issue 14): one container, the broker's identity its only writer.
+var fleetCacheContainerName = 'broker-tokens'
+var fleetCacheKeySecretName = 'broker-fleet-cache-key'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -144,17 +175,15 @@ module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
     networkAcls: {
       defaultAction: vnetEnabled ? 'Deny' : 'Allow'
       bypass: vnetEnabled ? 'None' : 'AzureServices'
-      ipRules: [
-        for address in operatorIps: {
-          value: address
-          action: 'Allow'
-        }
-      ]
+      ipRules: []
     }
     blobServices: {
       containers: [
         {
           name: deploymentContainerName
+        }
+        {
+          name: fleetCacheContainerName
         }
       ]
     }
@@ -183,6 +212,7 @@ module vault './app/keyvault.bicep' = {
     privateNetwork: vnetEnabled
     operatorIpAddresses: operatorIps
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    fleetCacheKeySecretName: fleetCacheKeySecretName
   }
 }
 
@@ -193,6 +223,9 @@ module network './app/network.bicep' = if (vnetEnabled) {
     vnetName: '${abbrs.networkVirtualNetworks}${resourceToken}'
     nsgName: '${abbrs.networkNetworkSecurityGroups}${resourceToken}'
     privateEndpointPrefix: '${abbrs.networkPrivateEndpoints}${resourceToken}-'
+    natGatewayName: '${abbrs.networkNatGateways}${resourceToken}'
+    publicIpName: '${abbrs.networkPublicIPAddresses}nat-${resourceToken}'
+    natGatewayEnabled: natGatewayEnabled
     location: location
     tags: tags
     addressPrefix: vnetAddressPrefix
@@ -215,6 +248,8 @@ module broker './app/broker.bicep' = {
     identityClientId: identity.outputs.clientId
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentContainerName
+    fleetCacheContainerName: fleetCacheContainerName
+    fleetCacheKeySecretName: vault.outputs.fleetCacheKeySecretName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultUri: vault.outputs.uri
     appIdUri: appIdUri
@@ -223,6 +258,10 @@ module broker './app/broker.bicep' = {
     appSubnetId: vnetEnabled ? network.outputs.appSubnetId : ''
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    proxyTimeoutSeconds: proxyTimeoutSeconds
+    proxyMaxResponseMb: proxyMaxResponseMb
+    tokenBudgetSeconds: tokenBudgetSeconds
     enableAppServiceAuth: enableAppServiceAuth
     callerApplicationIds: callerApplicationIds
   }
@@ -234,6 +273,7 @@ module rbac './app/rbac.bicep' = {
   params: {
     identityPrincipalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
+    fleetCacheContainerName: fleetCacheContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: vault.outputs.name
     deployerPrincipalId: principalId
@@ -248,6 +288,8 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = broker.outputs.name
 output AZURE_FUNCTION_APP_RESOURCE_ID string = broker.outputs.resourceId
 output BROKER_URL string = 'https://${broker.outputs.defaultHostName}'
+// The bare host name (no scheme, no path), for ADF linked services that take a host.
+output BROKER_HOST string = broker.outputs.defaultHostName
 output BROKER_APP_ID_URI string = appIdUri
 output BROKER_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output KEY_VAULT_NAME string = vault.outputs.name
@@ -255,3 +297,5 @@ output KEY_VAULT_URL string = vault.outputs.uri
 output EVENT_GRID_SYSTEM_TOPIC_NAME string = vault.outputs.systemTopicName
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output VNET_NAME string = vnetEnabled ? network.outputs.vnetName : ''
+// The one address the broker's outbound traffic leaves from (natGatewayEnabled); empty without it.
+output BROKER_EGRESS_IP string = vnetEnabled && natGatewayEnabled ? network.outputs.egressIpAddress : ''

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from broker.standin.serve import RunningServer, run_server
 from broker.standin.tls import PKIFiles, TestPKI
 from broker.telemetry import Telemetry
 from tests.hosts import HOSTS, open_host
+
+# pytest imports this file as ``conftest``; test modules import it as ``tests.conftest``. One module,
+# or the values registered through one name would be missing from the leak checks made through the other.
+sys.modules.setdefault("tests.conftest" if __name__ == "conftest" else "conftest", sys.modules[__name__])
 
 # Values that must never appear in a log record or an error body.
 SENSITIVE: set[str] = set()

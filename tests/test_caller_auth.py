@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 
-from broker.caller_auth import CallerAuthenticator, SigningKeys
-from broker.errors import InvalidCallerToken
+from broker.caller_auth import APPLICATIONS_ONLY, Accepts, Caller, CallerAuthenticator, SigningKeys
+from broker.errors import InsufficientScope, InvalidCallerToken
 from broker.runtime import Broker
 from tests.conftest import AUDIENCE, ROLE, Api, Stack
+from tests.hosts import open_host
 
 
 def bad_tokens(stack: Stack) -> dict[str, str]:
@@ -253,3 +254,88 @@ async def test_the_403_names_the_app_role_and_the_caller_as_seen(api: Api, stack
     description = response.json()["error_description"]
     assert ROLE in description and oid in description and appid in description
     assert "operator" in description
+
+
+# --- application tokens only on the token and proxy routes ----------------------------------------
+
+
+def delegated_claims() -> dict[str, dict[str, object]]:
+    """Delegated (user) tokens as Entra writes them, and the edge cases around ``idtyp``."""
+    return {
+        "v1 user token with scp": {"scp": "user_impersonation", "idtyp": None},
+        "scp and idtyp user": {"scp": "Diagnostics.Run", "idtyp": "user"},
+        "idtyp user without scp": {"idtyp": "user"},
+        "scp beside idtyp app": {"scp": "user_impersonation"},
+        "empty scp": {"scp": ""},
+        "idtyp device": {"idtyp": "device"},
+    }
+
+
+@pytest.mark.parametrize("case", list(delegated_claims()))
+async def test_a_delegated_token_gets_401_on_the_token_route_even_when_its_appid_is_allowed(
+    stack: Stack, host: str, case: str
+) -> None:
+    """Only application (managed identity) tokens get tokens: scp, or an idtyp other than app, is 401."""
+    appid = str(uuid.uuid4())
+    broker = stack.broker(stack.settings(BROKER_ILEVEL_ALLOWED_CALLERS=appid))
+    token = stack.caller(appid=appid, extra_claims=delegated_claims()[case])
+    async with open_host(host, broker) as client:
+        response = await Api(client, stack).get("/api/token/ilevel", token=token)
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
+    assert "application (managed identity) token" in response.json()["error_description"]
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    assert stack.tokens.request_count == 0
+    await broker.aclose()
+
+
+@pytest.mark.parametrize("case", ["v1 user token with scp", "idtyp user without scp"])
+async def test_a_delegated_token_gets_401_on_the_proxy_route_before_anything_upstream(
+    stack: Stack, host: str, case: str
+) -> None:
+    """The proxy route takes application tokens only, too; nothing is fetched or forwarded."""
+    settings = stack.settings(BROKER_ILEVEL_MODE="both", BROKER_ILEVEL_API_BASE_URL="http://127.0.0.1:9/v1/")
+    broker = stack.broker(settings)
+    token = stack.caller(extra_claims=delegated_claims()[case])
+    async with open_host(host, broker) as client:
+        response = await Api(client, stack).get("/api/proxy/ilevel/entities/assets", token=token)
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
+    assert response.headers["x-broker-error"] == "invalid_token"
+    assert "application (managed identity) token" in response.json()["error_description"]
+    assert stack.tokens.request_count == 0
+    await broker.aclose()
+
+
+async def test_an_application_token_with_idtyp_app_and_one_without_idtyp_are_accepted(api: Api, stack: Stack) -> None:
+    """v1 managed-identity tokens may lack idtyp; with it, it says app."""
+    for claims in ({"idtyp": "app"}, {"idtyp": None}):
+        response = await api.get("/api/token/ilevel", token=stack.caller(extra_claims=claims))
+        assert response.status_code == 200
+
+
+async def test_the_caller_records_its_kind_and_delegated_scopes(broker: Broker, stack: Stack) -> None:
+    """What a route's Accepts decides on: application or user, and the scp scopes."""
+    app = await broker.authenticate(f"Bearer {stack.caller()}")
+    user = await broker.authenticate(
+        f"Bearer {stack.caller(extra_claims={'scp': 'Diagnostics.Run other', 'idtyp': 'user'})}"
+    )
+    assert (app.kind, app.scopes) == ("application", frozenset())
+    assert (user.kind, user.scopes) == ("user", {"Diagnostics.Run", "other"})
+
+
+def test_a_route_can_take_users_with_a_scope_and_a_role() -> None:
+    """E.g. diagnostics: users need the delegated scope; every caller needs the app role; else 403."""
+    accepts = Accepts(applications=True, users=True, scope="Diagnostics.Run", role="Broker.Operator")
+    operator = frozenset({"Broker.Operator"})
+    user = Caller(
+        oid=None, app_id=None, roles=operator, expires_at=0, kind="user", scopes=frozenset({"Diagnostics.Run"})
+    )
+    accepts.admit(user)
+    accepts.admit(Caller(oid=None, app_id=None, roles=operator, expires_at=0))
+    with pytest.raises(InsufficientScope):
+        accepts.admit(Caller(oid=None, app_id=None, roles=operator, expires_at=0, kind="user"))
+    with pytest.raises(InsufficientScope):
+        accepts.admit(Caller(oid=None, app_id=None, roles=frozenset(), expires_at=0, kind="user", scopes=user.scopes))
+    with pytest.raises(InvalidCallerToken):
+        APPLICATIONS_ONLY.admit(user)
+    with pytest.raises(InvalidCallerToken):
+        Accepts(applications=False, users=True).admit(Caller(oid=None, app_id=None, roles=operator, expires_at=0))

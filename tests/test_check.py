@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,13 @@ def test_success_shows_lifetime_type_and_safe_jwt_claims_but_never_the_token(
     assert isinstance(token, dict)
     assert token["token_type"] == "Bearer" and token["lifetime_s"] == 3600
     assert token["jwt_header"]["alg"] == "HS256"
-    assert set(token["jwt_claims"]) <= {"iss", "aud", "exp", "scope", "client_id"}
+    assert set(token["jwt_claims"]) <= {"iss", "aud", "exp", "scope", "client_id_sha256"}
+    assert token["jwt_claims"]["client_id_sha256"] == fingerprint(env.client_id), "the client id by fingerprint only"
+    assert token["sha256"] == fingerprint(env.tokens.issued_tokens[-1])
+    secret = report["secrets"][1]  # type: ignore[index]
+    assert secret["id"] == f"{env.env['KEY_VAULT_URL']}secrets/ilevel-client-secret/{secret['version']}"
+    assert secret["enabled"] is True and secret["created"].endswith("Z")
+    assert all(isinstance(a["latency_ms"], float) for a in report["attempts"])  # type: ignore[union-attr]
     for issued in env.tokens.issued_tokens:
         assert issued not in result.text
 
@@ -395,3 +402,70 @@ def test_fingerprint_reads_the_value_from_a_prompt_and_prints_what_check_prints(
     assert done.returncode == 0
     assert f"sha256 {fingerprint(value)}" in done.stdout
     assert value not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("denial", "inside_app", "verdict"),
+    [
+        (
+            "connection",
+            True,
+            "reach the vault through its private endpoint: Key Vault 127.0.0.1:{port} answered 403 "
+            "ForbiddenByConnection",
+        ),
+        (
+            "connection",
+            False,
+            "check from inside the app: Key Vault 127.0.0.1:{port} answered 403 ForbiddenByConnection",
+        ),
+        (
+            "firewall",
+            True,
+            "reach the vault through its private endpoint: Key Vault 127.0.0.1:{port} answered 403 ForbiddenByFirewall",
+        ),
+        ("firewall", False, "open the vault's firewall to this machine: Key Vault 127.0.0.1:{port} answered 403"),
+        (
+            "rbac",
+            True,
+            "grant the Key Vault Secrets User role: Key Vault 127.0.0.1:{port} refused the app's managed "
+            "identity (AZURE_CLIENT_ID=",
+        ),
+        (
+            "rbac",
+            False,
+            "grant the Key Vault Secrets User role: Key Vault 127.0.0.1:{port} refused the account "
+            "DefaultAzureCredential signed in with (az login) (403 ForbiddenByRbac)",
+        ),
+    ],
+)
+def test_a_vault_closed_by_its_network_is_not_a_missing_role(
+    env: Stack, fake_az_signed_in: Path, capsys: pytest.CaptureFixture[str], denial: str, inside_app: bool, verdict: str
+) -> None:
+    """Key Vault's 403 ForbiddenByConnection/ForbiddenByFirewall is the network, and no role fixes it; only a 403
+    from the authorization layer (ForbiddenByRbac) asks for the Key Vault Secrets User role. Advice fits where
+    check runs: the app's own network path, or a laptop (check --remote, or the operator's address)."""
+    if inside_app:  # the app's console: App Service's managed-identity endpoint (the stand-in's)
+        for name, value in env.servers.identity.environment(env.servers.url("identity")).items():
+            env.monkeypatch.setenv(name, value)
+    env.kv.forbid(denial)  # type: ignore[arg-type]
+    result = check(capsys)
+    port = env.servers.url("key_vault").rsplit(":", 1)[1]
+    assert result.code == 1
+    assert result.verdict.startswith(verdict.format(port=port)), result.verdict
+    network = denial != "rbac"
+    assert ("role" not in result.verdict.split(":", 1)[0]) is network
+    assert ("no role assignment changes" in result.verdict) is network
+    if network and not inside_app:
+        assert "python -m broker check --remote https://" in result.verdict
+        assert "BROKER_OPERATOR_IP_ADDRESSES" in result.verdict or "--remote" in result.verdict
+    assert env.kv.reads and not env.kv.list_calls, "a network 403 is no disabled secret: no version listing"
+
+
+@pytest.fixture
+def fake_az_signed_in(fake_az: Path, env: Stack) -> Iterator[Path]:
+    """A laptop signed in with az login, whose token the vault stand-in accepts."""
+    token = sensitive(secrets.token_urlsafe(32))
+    env.servers.identity.issued_tokens.add(token)
+    write_az(fake_az, token=token)
+    yield fake_az
+    env.servers.identity.issued_tokens.discard(token)

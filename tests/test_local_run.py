@@ -89,31 +89,40 @@ def test_make_run_prints_the_banner_only_once_the_broker_answers(make_run: tuple
     assert health.strip() == f"curl -s {base.group()}/api/health"
     assert httpx.get(f"{base.group()}/api/health", timeout=5).status_code == 200
     token_line = lines.until("/api/token/ilevel")
-    caller = sensitive(shlex.split(token_line.strip())[3].removeprefix("Authorization: Bearer "))
+    assert shlex.split(token_line.strip())[3] == "Authorization: Bearer $TOKEN"
+    caller = sensitive(next(line for line in lines.seen if line.startswith("  TOKEN=")).strip().removeprefix("TOKEN="))
     response = httpx.get(f"{base.group()}/api/token/ilevel", headers={"Authorization": f"Bearer {caller}"}, timeout=10)
     assert response.status_code == 200 and response.json()["token_type"] == "Bearer"
     lines.until("Stop it with Ctrl+C.")
+    assert sum(line.count(caller) for line in lines.seen) == 1, "the caller token is printed once, as TOKEN=..."
+    assert any("Next: README.md" in line for line in lines.seen)
     assert stop_group(process) in (0, 2, -signal.SIGINT)
 
 
 def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
-    """`make run` on a port in use: exit 1 and one line naming the port and what to do; no banner, no curl."""
+    """`make run` on a port in use: one line naming the port and what to do, make's own line, no banner, no curl;
+    exactly the two lines the README shows."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "broker.standin.demo", "--port", str(port)],
+            ["make", "-o", ".venv/.installed", "run", f"PORT={port}"],
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=60,
         )
     output = (done.stdout + done.stderr).strip().splitlines()
-    assert done.returncode == 1
-    assert len(output) == 1, output
+    assert done.returncode == 2, "make's status for a recipe that failed (the program itself exits 1)"
+    assert len(output) == 2, output
     assert f"port {port} on 127.0.0.1 is already in use" in output[0] and "make run PORT=" in output[0]
-    assert "curl" not in output[0]
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 1", output[1]), output[1]
+    assert "curl" not in done.stdout + done.stderr
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for line in output:
+        documented = re.sub(r"Makefile:\d+", "Makefile:30", line.replace(f"port {port} ", "port 7071 "))
+        assert documented in readme, f"the README does not show {documented!r}"
 
 
 def test_the_token_server_stand_in_prints_settings_that_check_accepts() -> None:

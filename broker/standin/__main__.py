@@ -47,8 +47,8 @@ def token_server(port: int, variants: Sequence[Variant], echo: bool) -> int:
         "\nIn another shell, point the broker at it (no KEY_VAULT_URL: secrets come from the environment):\n"
         f"{exports}\n"
         "  unset KEY_VAULT_URL\n"
-        "  python -m broker check\n"
-        "  BROKER_INSECURE_DISABLE_CALLER_AUTH=true python -m broker serve   # loopback only, no caller token\n"
+        "  .venv/bin/python -m broker check\n"
+        "  BROKER_INSECURE_DISABLE_CALLER_AUTH=true .venv/bin/python -m broker serve  # loopback only, no caller auth\n"
         "\nStop it with Ctrl+C.",
         flush=True,
     )

@@ -131,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def banner(port: int, ilevel_url: str, entra_url: str, tenant: str, caller: str, api_url: str = "") -> str:
+    """What to paste into another terminal: the caller token once, as TOKEN, then curls that use it."""
     base = f"http://127.0.0.1:{port}"
+    if os.name == "nt":  # PowerShell: curl is an alias there, curl.exe the real one
+        assign, curl, token_ref = f"$TOKEN = '{caller}'", "curl.exe -s", '"Authorization: Bearer $TOKEN"'
+    else:
+        assign, curl, token_ref = f"TOKEN={caller}", "curl -s", '"Authorization: Bearer $TOKEN"'
     return (
         "\n"
         f"iLevel token broker: listening on {base} (local run on an embedded default)\n"
@@ -140,11 +145,13 @@ def banner(port: int, ilevel_url: str, entra_url: str, tenant: str, caller: str,
         f"  STAND-IN iLevel data API (the proxy route's upstream): {api_url}\n"
         "  Secrets: from the environment (no KEY_VAULT_URL), generated for this run\n"
         f"  Caller token: a stand-in Entra token with role {ROLE}, valid {CALLER_TOKEN_LIFETIME_S // 3600} h\n"
-        "\nTry it (from another terminal):\n"
-        f"  curl -s {base}/api/health\n"
-        f"  curl -s -H 'Authorization: Bearer {caller}' '{base}/api/token/ilevel'\n"
-        f"  curl -s -H 'Authorization: Bearer {caller}' '{base}/api/proxy/ilevel/entities/assets?page%5Bsize%5D=5'\n"
-        "\nStop it with Ctrl+C.\n"
+        "\nTry it from another terminal (paste the TOKEN line first):\n"
+        f"  {assign}\n"
+        f"  {curl} {base}/api/health\n"
+        f"  {curl} -H {token_ref} '{base}/api/token/ilevel'\n"
+        f"  {curl} -H {token_ref} '{base}/api/proxy/ilevel/entities/assets?page%5Bsize%5D=5'\n"
+        "\nNext: README.md, 'ADF quick path' (deploy it and run a pipeline); every endpoint: docs/reference.md\n"
+        "Stop it with Ctrl+C.\n"
     )
 
 

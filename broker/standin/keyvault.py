@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,6 +28,8 @@ from broker.standin.faults import FaultScript, Scriptable
 
 KEY_VAULT_RESOURCE = "https://vault.azure.net"
 RECOVERY_LEVEL = "Recoverable+Purgeable"
+# Why a 403: no role, or the network (public access off, or the firewall).
+Denial = Literal["rbac", "connection", "firewall"]
 _NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 _NOT_FOUND_HINT = (
     "If you recently deleted this secret you may be able to recover it using the correct recovery command. "
@@ -83,7 +85,7 @@ class KeyVaultServer(Scriptable):
         self.list_calls: Counter[str] = Counter()  # GET /secrets/{name}/versions
         self.requests: list[VaultRequest] = []
         self.faults = FaultScript()
-        self._forbidden = False
+        self._forbidden: Denial | None = None
         self._secrets: dict[str, list[SecretVersion]] = {}
         self._lock = threading.Lock()
         self._app = Starlette(
@@ -134,13 +136,19 @@ class KeyVaultServer(Scriptable):
             self.list_calls.clear()
             self.requests.clear()
 
-    def forbid(self) -> None:
-        """Answer every authenticated request with 403 ForbiddenByRbac, like a missing role assignment."""
-        self._forbidden = True
+    def forbid(self, by: Denial = "rbac") -> None:
+        """Answer every authenticated request with a 403, as Key Vault does when:
+
+        - ``rbac``: the caller has no role assignment (``ForbiddenByRbac``);
+        - ``connection``: the vault's public network access is disabled and the request did not come
+          through an approved private endpoint (``ForbiddenByConnection``);
+        - ``firewall``: the vault's firewall does not admit the client address (``ForbiddenByFirewall``).
+        """
+        self._forbidden = by
 
     def allow(self) -> None:
         """Undo :meth:`forbid`."""
-        self._forbidden = False
+        self._forbidden = None
 
     # --- HTTP -----------------------------------------------------------------------------
     async def _endpoint(self, request: Request) -> Response:
@@ -164,8 +172,10 @@ class KeyVaultServer(Scriptable):
         scripted = self.faults.next_reply()
         if scripted is not None:
             return await scripted.respond()
-        if self._forbidden:
+        if self._forbidden == "rbac":
             return _forbidden_by_rbac(operation, request)
+        if self._forbidden is not None:
+            return _forbidden_by_network(self._forbidden)
         vault = str(request.base_url).rstrip("/")
         if operation.kind == "unknown":
             return _error(400, "BadParameter", "The request URI is not valid for this stand-in.")
@@ -343,3 +353,19 @@ def _forbidden_by_rbac(operation: _Operation, request: Request) -> Response:
         "Vault: standin;location=local\r\n"
     )
     return _error(403, "Forbidden", message, inner="ForbiddenByRbac")
+
+
+def _forbidden_by_network(denial: Denial) -> Response:
+    """Key Vault's network-layer 403s; the texts as Key Vault writes them (seen in public issue threads)."""
+    caller = "Caller: appid=(stand-in);oid=(stand-in);iss=https://sts.windows.net/(stand-in)/\r\n"
+    if denial == "connection":
+        message = (
+            "Public network access is disabled and request is not from a trusted service nor via an approved "
+            f"private link.\r\n{caller}Vault: standin;location=local"
+        )
+        return _error(403, "Forbidden", message, inner="ForbiddenByConnection")
+    message = (
+        "Client address is not authorized and caller is not a trusted service.\r\nClient address: 203.0.113.7\r\n"
+        f"{caller}Vault: standin;location=local"
+    )
+    return _error(403, "Forbidden", message, inner="ForbiddenByFirewall")

@@ -5,8 +5,9 @@
 
 ``broker_url`` is the broker's base URL (scheme and host, no path); ``scope`` is the broker's
 App ID URI followed by ``/.default``. The credential defaults to DefaultAzureCredential: the
-managed identity in Azure, your `az login` on a laptop. The identity needs the broker's
-``Token.Read.ilevel`` app role (docs/adf.md, "Grant the app role").
+managed identity of the Azure resource the code runs on. The identity needs the broker's
+``Token.Read.ilevel`` app role (docs/adf.md, step 2). A person's ``az login`` does not work: the
+broker's roles are application roles and its routes refuse user tokens (docs/callers.md).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential
 
-# The broker answers well within ADF's 60 s limit; the same bound suits any caller.
-TIMEOUT_S = 60.0
+# Above the broker's longest token fetch (BROKER_TOKEN_BUDGET_SECONDS at most 50 s, plus 15 s of Key Vault
+# reads), so a slow fetch arrives as the broker's own 504 rather than a client-side timeout.
+TIMEOUT_S = 90.0
 
 
 class BrokerError(RuntimeError):

@@ -19,8 +19,8 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential
 
-# Above the broker's BROKER_PROXY_TIMEOUT_SECONDS (120 s): a slow upstream arrives as the broker's 504.
-TIMEOUT_S = 130.0
+# Above the broker's BROKER_PROXY_TIMEOUT_SECONDS (at most 160 s): a slow upstream arrives as the broker's 504.
+TIMEOUT_S = 180.0
 
 
 class ProxyError(RuntimeError):

@@ -7,6 +7,13 @@ param identityId string
 param identityClientId string
 param storageAccountName string
 param deploymentContainerName string
+
+@description('Blob container of the fleet token cache, in the same storage account (BROKER_FLEET_CACHE_URL).')
+param fleetCacheContainerName string
+
+@description('Key Vault secret holding the fleet cache key material (BROKER_FLEET_CACHE_KEY_SECRET).')
+param fleetCacheKeySecretName string
+
 param applicationInsightsName string
 param keyVaultUri string
 param appIdUri string
@@ -20,14 +27,23 @@ param providerSettings string
 @description('Resource id of the subnet delegated to Microsoft.App/environments; empty: no VNet integration.')
 param appSubnetId string
 
-@description('Flex Consumption instance size; the broker is I/O-bound, the smallest size is enough.')
-param instanceMemoryMB int = 2048
+@description('Flex Consumption instance size in MB (512, 2048 or 4096; main.bicep says why 2048). Also BROKER_INSTANCE_MEMORY_MB, from which the broker sizes its proxy memory budget.')
+param instanceMemoryMB int
 
 @description('HTTP requests per instance before Flex Consumption scales out (main.bicep says why).')
 param httpPerInstanceConcurrency int
 
-@description('Upper bound on instances; each one fetches its own provider token and reads Key Vault.')
+@description('Upper bound on instances (Flex Consumption accepts 40 and more); each one fetches its own provider token and reads Key Vault unless the fleet cache serves it.')
 param maximumInstanceCount int
+
+@description('BROKER_PROXY_TIMEOUT_SECONDS, or empty for the broker\'s default.')
+param proxyTimeoutSeconds string
+
+@description('BROKER_PROXY_MAX_RESPONSE_MB, or empty for the broker\'s default.')
+param proxyMaxResponseMb string
+
+@description('BROKER_TOKEN_BUDGET_SECONDS, or empty for the broker\'s default.')
+param tokenBudgetSeconds string
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -53,8 +69,23 @@ var appSettings = {
   AZURE_CLIENT_ID: identityClientId
   BROKER_TENANT_ID: tenant().tenantId
   BROKER_AUDIENCE: audience
+  BROKER_FLEET_CACHE_URL: '${storageAccount.properties.primaryEndpoints.blob}${fleetCacheContainerName}'
+  BROKER_FLEET_CACHE_KEY_SECRET: fleetCacheKeySecretName
+  BROKER_INSTANCE_MEMORY_MB: string(instanceMemoryMB)
 }
 // --- app settings: end ---
+
+// Broker settings an operator changes through azd (main.parameters.json maps each from the azd
+// variable of the same name). An empty value is written as an empty setting, which the broker reads
+// as "not set" and answers with its default (broker/config.py strips and skips blank values).
+// tests/infra/test_settings_through_azd.py traces each documented azd setting through here.
+// --- settings through azd: begin ---
+var operatorSettings = {
+  BROKER_PROXY_TIMEOUT_SECONDS: trim(proxyTimeoutSeconds)
+  BROKER_PROXY_MAX_RESPONSE_MB: trim(proxyMaxResponseMb)
+  BROKER_TOKEN_BUDGET_SECONDS: trim(tokenBudgetSeconds)
+}
+// --- settings through azd: end ---
 
 // Provider settings (BROKER_PROVIDERS, BROKER_<NAME>_TOKEN_URL, BROKER_<NAME>_ALLOWED_ROLES, ...) come
 // from the azd environment through infra/hooks/entra_app.py, which also declares one app role per
@@ -70,7 +101,8 @@ var fallbackProviderSettings = {
 // --- provider settings fallback: end ---
 var brokerProviderSettings = empty(providerSettings) ? fallbackProviderSettings : json(base64ToString(providerSettings))
 
-var callerApps = empty(callerApplicationIds) ? [] : split(callerApplicationIds, ',')
+// Spaces removed (client ids have none), empty items dropped: "a, b," is two client ids.
+var callerApps = filter(split(replace(callerApplicationIds, ' ', ''), ','), id => !empty(id))
 var audiences = empty(brokerApiClientId) ? [
   appIdUri
 ] : [
@@ -121,7 +153,13 @@ var authSettingsOff = {
   }
 }
 
-module app 'br/public:avm/res/web/site:0.15.1' = {
+// The whole set of app settings, written as one Microsoft.Web/sites/config 'appsettings' that
+// replaces what is live: a setting removed from the azd environment (a provider, a MODE) is gone after
+// the next provision. AVM web/site before 0.16.0 merged the live settings into the new ones, so a
+// removed setting stayed forever; 0.16.0 added retainCurrentAppSettings, false here.
+var allAppSettings = union(appSettings, brokerProviderSettings, operatorSettings)
+
+module app 'br/public:avm/res/web/site:0.16.0' = {
   name: 'broker-site'
   params: {
     kind: 'functionapp,linux'
@@ -185,10 +223,18 @@ module app 'br/public:avm/res/web/site:0.15.1' = {
         version: '3.11'
       }
     }
-    appSettingsKeyValuePairs: union(appSettings, brokerProviderSettings)
-    // The module skips an empty object, which would leave an earlier "on" in place: off is an
-    // explicit platform.enabled false.
-    authSettingV2Configuration: enableAppServiceAuth ? authSettings : authSettingsOff
+    configs: [
+      {
+        name: 'appsettings'
+        retainCurrentAppSettings: false
+        properties: allAppSettings
+      }
+      {
+        // Off is an explicit platform.enabled false, so that "off" also switches off an app where it was on.
+        name: 'authsettingsV2'
+        properties: enableAppServiceAuth ? authSettings : authSettingsOff
+      }
+    ]
   }
 }
 

@@ -5,19 +5,32 @@
 //                          traffic (virtualNetworkSubnetId on the site). Flex Consumption takes one
 //                          address per instance, so size it for maximumInstanceCount.
 //   snet-private-endpoints one private endpoint each for the vault and the blob and table services
-//                          the Functions host uses (keys, leases, the deployment package; diagnostic
-//                          events). The host uses no queues or file shares on Flex Consumption.
+//                          the Functions host uses (keys, leases, the deployment package, the fleet
+//                          token cache; diagnostic events). The host uses no queues or file shares on
+//                          Flex Consumption.
 //
 // Each endpoint gets a private DNS zone linked to the VNet, so the usual names
 // (kv-x.vault.azure.net, stx.blob.core.windows.net) resolve to private addresses inside it.
 // Inbound to the Function App stays public and Entra-authenticated (docs/deploy.md explains how an
 // ADF managed virtual network can reach it privately instead).
 //
+// Outbound to the internet (iLevel, Entra ID, Application Insights) is decided here, explicitly,
+// never by the API version: from virtual-network API version 2025-07-01 on, a subnet that says
+// nothing is private (defaultOutboundAccess false) and has no implicit outbound address. So:
+//   natGatewayEnabled=false  snet-app keeps default outbound access, set on purpose (true), which is
+//                            what every earlier deployment of this template had;
+//   natGatewayEnabled=true   snet-app is private and a NAT gateway with one static public IP is its
+//                            explicit outbound method: the broker's egress is that one address.
+// snet-private-endpoints needs no outbound at all: private (false) in both cases.
+// docs/deploy.md ("Outbound") cites the Microsoft documents this follows.
+//
 // Hand-written rather than AVM modules: these are the resources a security review reads first, and
 // checkov can only check what it can read; it cannot open registry modules.
 param vnetName string
 param nsgName string
 param privateEndpointPrefix string
+param natGatewayName string
+param publicIpName string
 param location string
 param tags object
 
@@ -29,6 +42,9 @@ param appSubnetPrefix string
 
 @description('Subnet for the private endpoints (three addresses used).')
 param privateEndpointSubnetPrefix string
+
+@description('A NAT gateway with a static public IP as snet-app\'s outbound method (main.bicep natGatewayEnabled).')
+param natGatewayEnabled bool
 
 param keyVaultId string
 param storageAccountId string
@@ -70,6 +86,39 @@ resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
   }
 }
 
+// The static egress address (natGatewayEnabled). Standard SKU, static: NAT gateway accepts no other.
+resource egressIp 'Microsoft.Network/publicIPAddresses@2024-05-01' = if (natGatewayEnabled) {
+  name: publicIpName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+    tier: 'Regional'
+  }
+  properties: {
+    publicIPAddressVersion: 'IPv4'
+    publicIPAllocationMethod: 'Static'
+    idleTimeoutInMinutes: 4
+  }
+}
+
+resource natGateway 'Microsoft.Network/natGateways@2024-05-01' = if (natGatewayEnabled) {
+  name: natGatewayName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+  }
+  properties: {
+    idleTimeoutInMinutes: 4
+    publicIpAddresses: [
+      {
+        id: egressIp.id
+      }
+    ]
+  }
+}
+
 resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
   name: vnetName
   location: location
@@ -88,6 +137,11 @@ resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
           networkSecurityGroup: {
             id: nsg.id
           }
+          // Explicit either way (see the header): the API version never decides it.
+          defaultOutboundAccess: !natGatewayEnabled
+          natGateway: natGatewayEnabled ? {
+            id: natGateway.id
+          } : null
           delegations: [
             {
               name: 'flex-consumption'
@@ -105,6 +159,7 @@ resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' = {
           networkSecurityGroup: {
             id: nsg.id
           }
+          defaultOutboundAccess: false
           privateEndpointNetworkPolicies: 'Disabled'
         }
       }
@@ -178,3 +233,4 @@ resource zoneGroups 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@202
 
 output appSubnetId string = vnet.properties.subnets[0].id // snet-app
 output vnetName string = vnet.name
+output egressIpAddress string = natGatewayEnabled ? egressIp.properties.ipAddress : ''

@@ -1,11 +1,17 @@
 """azd preprovision hook: the broker's Entra application, its app roles, role grants to callers,
 and the provider app settings.
 
-Safe to run on every `azd provision`. Needs the Azure CLI signed in to the target tenant
-(`az login --tenant <id>`) as someone allowed to create app registrations (Application Developer,
-or members' default right where the tenant still allows it) and to assign roles of the app they own.
+Safe to run on every `azd provision`. Needs the Azure CLI signed in to the tenant of the
+subscription azd deploys to (AZURE_SUBSCRIPTION_ID; `az login --tenant <id>`), as someone allowed to
+create app registrations (Application Developer, or members' default right where the tenant still
+allows it). Granting app roles to callers needs an admin role (Application Administrator, Cloud
+Application Administrator, ...): owning the service principal is not enough for Graph. Without one,
+each grant Graph refuses with 403 is printed as the command an administrator runs, and the
+deployment goes on.
 
 From the azd environment (azd passes `azd env get-values` to hooks as environment variables):
+0. Before anything is created: the tenant to deploy to is the tenant of AZURE_SUBSCRIPTION_ID
+   (`az account show --subscription`), never az's default; Graph must answer for that tenant.
 1. Finds the app registration by a stable key: BROKER_API_CLIENT_ID (the appId, stored by the first
    run), else the tag ``ilevel-token-broker/<subscription>/<env>``. Never by its URI: a URI the
    tenant's policy refused would leave an app no later run could find. Creates it when neither finds one.
@@ -20,6 +26,12 @@ From the azd environment (azd passes `azd env get-values` to hooks as environmen
    role to those in BROKER_<NAME>_CALLER_PRINCIPAL_IDS (comma-separated; e.g. a factory's identity).
 6. Stores BROKER_API_CLIENT_ID, BROKER_APP_ID_URI and BROKER_PROVIDER_SETTINGS (the provider app
    settings, base64 JSON) in the azd environment for this run's Bicep parameters (azd >= 1.21.0).
+7. Operators (the diagnostics route, ``check --remote``): the app role ``Broker.Operator`` for users and
+   applications, the delegated scope ``Diagnostics.Run`` with the Azure CLI pre-authorised for it (so an
+   ``az login`` user gets a token without a consent prompt), and Broker.Operator granted to the deployer
+   (AZURE_PRINCIPAL_ID) unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and to the object ids in
+   BROKER_OPERATOR_PRINCIPAL_IDS. A grant Graph refuses (assigning app roles needs an admin role) is
+   reported with the command an administrator runs; the rest of the deployment goes on.
 
 Why a hook and not the Microsoft Graph Bicep extension: its ``extension microsoftGraphV1`` syntax is
 beyond the Bicep parser checkov uses, so it would turn the policy check into a parsing error.
@@ -36,7 +48,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -45,6 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_client import Graph, GraphError, HookError, az_graph_token, http_send  # noqa: E402
 
 ROLE_PREFIX = "Token.Read."
+# Who may run the diagnostics route: a user (delegated token with this scope) or an application.
+OPERATOR_ROLE = "Broker.Operator"
+DIAGNOSTICS_SCOPE = "Diagnostics.Run"
+# The Azure CLI's public client id: pre-authorised for Diagnostics.Run so `az login` users need no consent.
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 PROVIDER_NAME = re.compile(r"[a-z0-9-]{1,32}")
 DEFAULT_TOKEN_URLS = {"ilevel": "https://api.ilevelsolutions.com/v1/token"}
 # Per-provider settings (broker/config.py PROVIDER_SETTING_SUFFIXES) copied from the azd environment
@@ -71,7 +88,37 @@ def env_name(provider: str) -> str:
 
 
 def _csv(value: str | None) -> list[str]:
+    """A comma-separated azd value: items trimmed, empty ones (a trailing comma) dropped."""
     return [item.strip() for item in (value or "").split(",") if item.strip()]
+
+
+def object_ids(value: str | None, setting: str) -> tuple[str, ...]:
+    """Entra object ids from a comma-separated azd value, lowercase as Graph returns them, once each."""
+    ids = []
+    for item in _csv(value):
+        try:
+            ids.append(str(uuid.UUID(item)))
+        except ValueError:
+            raise HookError(f"{setting} lists {item!r}, which is not an Entra object id (a GUID)") from None
+    return tuple(dict.fromkeys(ids))
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Who gets Broker.Operator: the deployer unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and any listed ids."""
+
+    principal_ids: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OperatorConfig:
+        flag = env.get("BROKER_GRANT_DEPLOYER_OPERATOR", "").strip().lower()
+        if flag not in ("", "true", "false", "1", "0", "yes", "no"):
+            raise HookError(f"BROKER_GRANT_DEPLOYER_OPERATOR must be true or false, not {flag!r}")
+        deployer = (
+            () if flag in ("false", "0", "no") else object_ids(env.get("AZURE_PRINCIPAL_ID"), "AZURE_PRINCIPAL_ID")
+        )
+        listed = object_ids(env.get("BROKER_OPERATOR_PRINCIPAL_IDS"), "BROKER_OPERATOR_PRINCIPAL_IDS")
+        return cls(tuple(dict.fromkeys((*deployer, *listed))))
 
 
 @dataclass(frozen=True)
@@ -86,6 +133,7 @@ class HookConfig:
     app_id_uri: str
     callers: Mapping[str, tuple[str, ...]]
     provider_settings: Mapping[str, str] = field(default_factory=dict)
+    operators: OperatorConfig = field(default_factory=lambda: OperatorConfig(()))
 
     @property
     def display_name(self) -> str:
@@ -106,11 +154,8 @@ class HookConfig:
         bad = [p for p in providers if not PROVIDER_NAME.fullmatch(p)]
         if bad:
             raise HookError(f"BROKER_PROVIDERS lists {bad}: provider names are 1-32 characters of a-z, 0-9 and '-'")
-        shared = tuple(_csv(env.get("BROKER_CALLER_PRINCIPAL_IDS")))
-        callers = {
-            p: tuple(dict.fromkeys(shared + tuple(_csv(env.get(f"BROKER_{env_name(p)}_CALLER_PRINCIPAL_IDS")))))
-            for p in providers
-        }
+        shared = object_ids(env.get("BROKER_CALLER_PRINCIPAL_IDS"), "BROKER_CALLER_PRINCIPAL_IDS")
+        callers = {p: tuple(dict.fromkeys(shared + _provider_callers(p, env))) for p in providers}
         return cls(
             env_name=name,
             subscription_id=env.get("AZURE_SUBSCRIPTION_ID", "").strip(),
@@ -120,7 +165,13 @@ class HookConfig:
             app_id_uri=env.get("BROKER_APP_ID_URI", "").strip(),
             callers=callers,
             provider_settings=provider_settings(providers, env),
+            operators=OperatorConfig.from_env(env),
         )
+
+
+def _provider_callers(provider: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    name = f"BROKER_{env_name(provider)}_CALLER_PRINCIPAL_IDS"
+    return object_ids(env.get(name), name)
 
 
 def provider_settings(providers: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:
@@ -188,6 +239,84 @@ def plan_roles(existing: list[dict[str, Any]], providers: tuple[str, ...]) -> tu
     return roles, changes
 
 
+def new_operator_role() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "allowedMemberTypes": ["User", "Application"],
+        "description": "Run the token broker's diagnostics (GET /api/diagnostics) as a user or an application",
+        "displayName": "Broker operator",
+        "isEnabled": True,
+        "value": OPERATOR_ROLE,
+    }
+
+
+def plan_operator_role(existing: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], str]:
+    """The appRoles PATCH bodies that give Broker.Operator for users and applications (none if it has that).
+
+    An enabled role whose member types lack one takes two PATCHes, as Graph demands: disable it, then
+    write it with both member types, enabled.
+    """
+    role = next((r for r in existing if r.get("value") == OPERATOR_ROLE), None)
+    if role is None:
+        return [[*existing, new_operator_role()]], f"added the app role {OPERATOR_ROLE}"
+    wanted = {**role, "allowedMemberTypes": ["User", "Application"], "isEnabled": True}
+    if set(role.get("allowedMemberTypes") or []) == {"User", "Application"} and role.get("isEnabled"):
+        return [], ""
+
+    def swap(replacement: dict[str, Any]) -> list[dict[str, Any]]:
+        return [replacement if r is role else r for r in existing]
+
+    if not role.get("isEnabled"):
+        return [swap(wanted)], f"enabled the app role {OPERATOR_ROLE} for users and applications"
+    return (
+        [swap({**role, "isEnabled": False}), swap(wanted)],
+        f"changed the app role {OPERATOR_ROLE} to users and applications (disabled, then rewritten)",
+    )
+
+
+def new_diagnostics_scope() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "value": DIAGNOSTICS_SCOPE,
+        # Consent is no gate here: the route also wants the Broker.Operator role, which only an admin assigns.
+        "type": "User",
+        "isEnabled": True,
+        "adminConsentDisplayName": "Run the token broker's diagnostics",
+        "adminConsentDescription": "Lets the signed-in user run the token broker's diagnostics, if they hold the "
+        "Broker.Operator role.",
+        "userConsentDisplayName": "Run the token broker's diagnostics",
+        "userConsentDescription": "Lets you run the token broker's diagnostics, if you hold the Broker.Operator role.",
+    }
+
+
+def plan_diagnostics_scope(existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str, str]:
+    """The oauth2PermissionScopes with Diagnostics.Run enabled, its id, and what changed ("" for nothing).
+    An enabled scope is kept byte for byte (Graph refuses to update it); a disabled one is re-enabled."""
+    scope = next((s for s in existing if s.get("value") == DIAGNOSTICS_SCOPE), None)
+    if scope is None:
+        scope = new_diagnostics_scope()
+        return [*existing, scope], scope["id"], f"added the delegated scope {DIAGNOSTICS_SCOPE}"
+    if scope.get("isEnabled"):
+        return existing, str(scope["id"]), ""
+    enabled = {**scope, "isEnabled": True}
+    return (
+        [enabled if s is scope else s for s in existing],
+        str(scope["id"]),
+        f"re-enabled the delegated scope {DIAGNOSTICS_SCOPE}",
+    )
+
+
+def plan_cli_preauthorization(existing: list[dict[str, Any]], scope_id: str) -> tuple[list[dict[str, Any]], str]:
+    """preAuthorizedApplications with the Azure CLI allowed ``scope_id``; other clients and scopes kept."""
+    entry = next((p for p in existing if p.get("appId") == AZURE_CLI_CLIENT_ID), None)
+    ids = list((entry or {}).get("delegatedPermissionIds") or [])
+    if scope_id in ids:
+        return existing, ""
+    updated = {"appId": AZURE_CLI_CLIENT_ID, "delegatedPermissionIds": [*ids, scope_id]}
+    others = [p for p in existing if p is not entry]
+    return [*others, updated], f"pre-authorised the Azure CLI ({AZURE_CLI_CLIENT_ID}) for {DIAGNOSTICS_SCOPE}"
+
+
 @dataclass
 class Outcome:
     app_id: str
@@ -196,6 +325,9 @@ class Outcome:
     created_service_principal: bool = False
     role_changes: list[str] = field(default_factory=list)
     granted: list[tuple[str, str]] = field(default_factory=list)
+    # Grants Graph refused with 403 (no admin role): each printed as the command an administrator runs.
+    left_to_admin: list[tuple[str, str]] = field(default_factory=list)
+    operator_changes: list[str] = field(default_factory=list)
 
 
 class EntraApp:
@@ -216,8 +348,12 @@ class EntraApp:
         outcome.app_id_uri = self.ensure_identifier_uri(app, tenant, just_created=created)
         self.env_set("BROKER_APP_ID_URI", outcome.app_id_uri)
         outcome.role_changes = self.ensure_roles(app, just_created=created)
+        outcome.operator_changes = self.ensure_operator_access(app, just_created=created)
         sp, outcome.created_service_principal = self.ensure_service_principal(app["appId"])
-        outcome.granted = self.grant_callers(sp["id"], self.current_roles(app))
+        outcome.granted, outcome.left_to_admin = self.grant_callers(sp["id"], self.current_roles(app))
+        granted, refused = self.grant_operators(sp["id"], self.current_roles(app))
+        outcome.granted += granted
+        outcome.left_to_admin += refused
         self.env_set("BROKER_PROVIDER_SETTINGS", encode_settings(self.config.provider_settings))
         return outcome
 
@@ -225,10 +361,11 @@ class EntraApp:
         organizations = self.graph.list("/organization?$select=id")
         tenant = str(organizations[0]["id"]) if organizations else ""
         expected = self.config.tenant_id
-        if expected and tenant and tenant.lower() != expected.lower():
+        if expected and tenant.lower() != expected.lower():
             raise HookError(
-                f"az is signed in to tenant {tenant}, but this azd environment deploys to {expected}: "
-                f"run `az login --tenant {expected}`"
+                f"az's Microsoft Graph answers for tenant {tenant or '(none)'}, but subscription "
+                f"{self.config.subscription_id or '(unset)'} belongs to tenant {expected}; nothing was created. "
+                f"Run `az login --tenant {expected}`"
             )
         return tenant or expected
 
@@ -322,26 +459,143 @@ class EntraApp:
             )
         return sp, created
 
-    def grant_callers(self, sp_id: str, role_ids: dict[str, str]) -> list[tuple[str, str]]:
+    def grant_callers(
+        self, sp_id: str, role_ids: dict[str, str]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Grant each caller its roles; returns (granted, left to an administrator after a 403)."""
         have = {
-            (a["principalId"], a["appRoleId"]) for a in self.graph.list(f"/servicePrincipals/{sp_id}/appRoleAssignedTo")
+            (str(a["principalId"]).lower(), str(a["appRoleId"]).lower())
+            for a in self.graph.list(f"/servicePrincipals/{sp_id}/appRoleAssignedTo")
         }
-        granted = []
+        granted, refused = [], []
         for provider, callers in self.config.callers.items():
             role = f"{ROLE_PREFIX}{provider}"
             for caller in callers:
-                if (caller, role_ids[role]) in have:
+                if (caller, role_ids[role].lower()) in have:
                     continue
-                body = {"principalId": caller, "resourceId": sp_id, "appRoleId": role_ids[role]}
-                # A role added or a caller created moments ago may not have replicated yet.
-                self.graph.request("POST", f"/servicePrincipals/{sp_id}/appRoleAssignedTo", body, just_created=True)
-                self.log(f"entra-app: granted {role} to {caller}")
-                granted.append((caller, role))
-        return granted
+                if self._grant(sp_id, caller, role, role_ids[role]):
+                    granted.append((caller, role))
+                else:
+                    refused.append((caller, role))
+        return granted, refused
+
+    def _grant(self, sp_id: str, caller: str, role: str, role_id: str) -> bool:
+        """One grant. A 403 (the signed-in user has no admin role) is a warning with the admin's command."""
+        body = {"principalId": caller, "resourceId": sp_id, "appRoleId": role_id}
+        try:
+            # A role added or a caller created moments ago may not have replicated yet.
+            self.graph.request("POST", f"/servicePrincipals/{sp_id}/appRoleAssignedTo", body, just_created=True)
+        except GraphError as error:
+            if error.status != 403:
+                raise
+            self.log(admin_grant_warning(sp_id, caller, role, role_id))
+            return False
+        self.log(f"entra-app: granted {role} to {caller}")
+        return True
+
+    # --- operators: Broker.Operator, Diagnostics.Run and the Azure CLI's pre-authorisation ----------------
+
+    def ensure_operator_access(self, app: dict[str, Any], *, just_created: bool) -> list[str]:
+        """The operator role, the delegated scope, then the Azure CLI pre-authorised for that scope.
+
+        Three PATCHes at most, each only when something is missing: Graph refuses to change an enabled role
+        or scope in place, and a pre-authorisation names a scope id that must already exist.
+        """
+        changes: list[str] = []
+        roles, role_change = plan_operator_role(list(app.get("appRoles") or []))
+        if role_change:
+            for step in roles:
+                self._patch_app(app, {"appRoles": step}, just_created=just_created)
+            changes.append(role_change)
+        api = dict(app.get("api") or {})
+        scopes, scope_id, scope_change = plan_diagnostics_scope(list(api.get("oauth2PermissionScopes") or []))
+        if scope_change:
+            api["oauth2PermissionScopes"] = scopes
+            self._patch_app(app, {"api": dict(api)}, just_created=just_created)
+            changes.append(scope_change)
+        pre, pre_change = plan_cli_preauthorization(list(api.get("preAuthorizedApplications") or []), scope_id)
+        if pre_change:
+            api["preAuthorizedApplications"] = pre
+            self._patch_app(app, {"api": dict(api)}, just_created=just_created)
+            changes.append(pre_change)
+        for change in changes:
+            self.log(f"entra-app: {change}")
+        return changes
+
+    def grant_operators(
+        self, sp_id: str, role_ids: dict[str, str]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Broker.Operator to each operator without it; returns (granted, left to an administrator after a 403).
+        The broker works without these grants: only the diagnostics route needs them."""
+        operators = self.config.operators.principal_ids
+        if not operators:
+            return [], []
+        role_id = role_ids[OPERATOR_ROLE]
+        have = {
+            str(a["principalId"]).lower()
+            for a in self.graph.list(f"/servicePrincipals/{sp_id}/appRoleAssignedTo")
+            if str(a["appRoleId"]).lower() == role_id.lower()
+        }
+        granted, refused = [], []
+        for principal in operators:
+            if principal in have:
+                continue
+            if self._grant(sp_id, principal, OPERATOR_ROLE, role_id):
+                granted.append((principal, OPERATOR_ROLE))
+            else:
+                refused.append((principal, OPERATOR_ROLE))
+        return granted, refused
 
     def _patch_app(self, app: dict[str, Any], change: dict[str, Any], *, just_created: bool) -> None:
         self.graph.request("PATCH", f"/applications/{app['id']}", change, just_created=just_created)
         app.update(change)
+
+
+def admin_grant_warning(sp_id: str, caller: str, role: str, role_id: str) -> str:
+    """What to print when Graph refuses a grant: why, and the exact command an administrator runs."""
+    body = json.dumps({"principalId": caller, "resourceId": sp_id, "appRoleId": role_id}, separators=(",", ":"))
+    return (
+        f"entra-app: WARNING: Graph refused to grant {role} to {caller} (403): granting app roles needs "
+        "Application Administrator, Cloud Application Administrator or Privileged Role Administrator; "
+        "owning the service principal is not enough. The deployment goes on without this grant. "
+        "An administrator runs:\n"
+        f"  az rest --method POST --uri https://graph.microsoft.com/v1.0/servicePrincipals/{sp_id}/appRoleAssignedTo "
+        f"--headers Content-Type=application/json --body '{body}'\n"
+        "  (PowerShell, Microsoft Graph module: "
+        f"New-MgServicePrincipalAppRoleAssignedTo -ServicePrincipalId {sp_id} -PrincipalId {caller} "
+        f"-ResourceId {sp_id} -AppRoleId {role_id})"
+    )
+
+
+def az_subscription_tenant(subscription: str) -> str:
+    """The tenant of the subscription azd deploys to, as az knows it (never az's default subscription)."""
+    exe = shutil.which("az")
+    if exe is None:
+        raise HookError("the Azure CLI (az) is required: install it, then run `az login --tenant <tenant id>`")
+    args = [exe, "account", "show", "--subscription", subscription, "--query", "tenantId", "-o", "tsv"]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)  # noqa: S603
+    tenant = done.stdout.strip()
+    if done.returncode != 0 or not tenant:
+        raise HookError(
+            f"az does not know subscription {subscription} (AZURE_SUBSCRIPTION_ID, the one azd deploys to): "
+            "sign az in to that subscription's tenant, `az login --tenant <its tenant id>`, "
+            f"then check with `az account show --subscription {subscription}`.\n{done.stderr.strip()}"
+        )
+    return tenant
+
+
+def deployment_tenant(config: HookConfig, tenant_of: Callable[[str], str]) -> str:
+    """The tenant this run deploys to: the subscription's. AZURE_TENANT_ID, set by an earlier run, must agree."""
+    if not config.subscription_id:
+        raise HookError("AZURE_SUBSCRIPTION_ID is not set; run this through `azd provision` or `azd up`")
+    tenant = tenant_of(config.subscription_id)
+    if config.tenant_id and config.tenant_id.lower() != tenant.lower():
+        raise HookError(
+            f"subscription {config.subscription_id} belongs to tenant {tenant}, but this azd environment's "
+            f"AZURE_TENANT_ID is {config.tenant_id}: check `azd env get-value AZURE_SUBSCRIPTION_ID` "
+            "(an environment deploys to one tenant; use a new azd environment for another)"
+        )
+    return tenant
 
 
 def azd_env_set(name: str, value: str) -> None:
@@ -357,7 +611,8 @@ def azd_env_set(name: str, value: str) -> None:
 def main() -> int:
     try:
         config = HookConfig.from_env(os.environ)
-        graph = Graph(http_send(az_graph_token()))
+        config = replace(config, tenant_id=deployment_tenant(config, az_subscription_tenant))
+        graph = Graph(http_send(az_graph_token(config.subscription_id)))
         EntraApp(graph, config, azd_env_set, print).run()
     except HookError as error:
         print(f"entra-app: {error}", file=sys.stderr)

@@ -117,12 +117,13 @@ class Graph:
             next_url = page.get("@odata.nextLink")
 
 
-def az_graph_token() -> str:
-    """A Graph access token for the account ``az login`` signed in with. Never printed."""
+def az_graph_token(subscription: str) -> str:
+    """A Graph access token for the tenant of ``subscription`` (azd's, not az's default). Never printed."""
     exe = shutil.which("az")
     if exe is None:
         raise HookError("the Azure CLI (az) is required: install it, then run `az login --tenant <tenant id>`")
-    args = [exe, "account", "get-access-token", "--resource-type", "ms-graph", "--query", "accessToken", "-o", "tsv"]
+    args = [exe, "account", "get-access-token", "--resource-type", "ms-graph", "--subscription", subscription]
+    args += ["--query", "accessToken", "-o", "tsv"]
     done = subprocess.run(args, capture_output=True, text=True, check=False)  # noqa: S603
     token = done.stdout.strip()
     if done.returncode != 0 or not token:

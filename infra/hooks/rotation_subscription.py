@@ -6,13 +6,16 @@ empty; only `azd deploy` puts rotation_check in it. Bicep therefore creates the 
 the vault, and this hook adds the subscription once the function is listed. Idempotent: the
 create call is a create-or-update.
 
-Reads from the azd environment (outputs of infra/main.bicep): AZURE_RESOURCE_GROUP,
-EVENT_GRID_SYSTEM_TOPIC_NAME, AZURE_FUNCTION_APP_RESOURCE_ID. Needs the az CLI signed in.
+Reads from the azd environment: AZURE_SUBSCRIPTION_ID (azd's own), and the outputs of
+infra/main.bicep AZURE_RESOURCE_GROUP, EVENT_GRID_SYSTEM_TOPIC_NAME, AZURE_FUNCTION_APP_RESOURCE_ID.
+Needs the az CLI signed in. Every az call names --subscription: the subscription az shows as its
+default may be another one than azd deploys to (anyone with several has met this).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +28,9 @@ EVENT_TYPE = "Microsoft.KeyVault.SecretNewVersionCreated"
 # Flex Consumption lists a freshly deployed function after its first indexing; give it a few minutes.
 WAIT_FOR_FUNCTION_S = 300
 POLL_S = 15
+# What ARM says for a function the app has not listed yet: the only answer worth waiting on.
+# Anything else (not signed in, 403, a wrong subscription) fails at once with az's own message.
+NOT_INDEXED_YET = re.compile(r"\b(ResourceNotFound|NotFound)\b")
 
 
 Az = Callable[..., subprocess.CompletedProcess[str]]
@@ -45,20 +51,25 @@ def require(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def subscribe(
-    env: Mapping[str, str],
-    run: Az = az,
+def wait_until_indexed(
+    run: Az,
+    function_id: str,
+    subscription: str,
     *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
 ) -> None:
-    """Wait until rotation_check is listed on the app, then create (or update) the subscription."""
-    group = require(env, "AZURE_RESOURCE_GROUP")
-    topic = require(env, "EVENT_GRID_SYSTEM_TOPIC_NAME")
-    function_id = f"{require(env, 'AZURE_FUNCTION_APP_RESOURCE_ID')}/functions/{FUNCTION_NAME}"
-
+    """Poll `az resource show` until the function is listed; wait only while ARM says it is not found."""
     deadline = clock() + WAIT_FOR_FUNCTION_S
-    while run("resource", "show", "--ids", function_id).returncode != 0:
+    while True:
+        shown = run("resource", "show", "--ids", function_id, "--subscription", subscription)
+        if shown.returncode == 0:
+            return
+        if not NOT_INDEXED_YET.search(shown.stderr):
+            raise SystemExit(
+                f"rotation-subscription: `az resource show` for {FUNCTION_NAME} failed "
+                f"(subscription {subscription}):\n{shown.stderr.strip()}"
+            )
         if clock() > deadline:
             raise SystemExit(
                 f"rotation-subscription: {FUNCTION_NAME} is not listed on the Function App after "
@@ -67,8 +78,24 @@ def subscribe(
         print(f"rotation-subscription: waiting for {FUNCTION_NAME} to be indexed ...")
         sleep(POLL_S)
 
+
+def subscribe(
+    env: Mapping[str, str],
+    run: Az = az,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait until rotation_check is listed on the app, then create (or update) the subscription."""
+    subscription = require(env, "AZURE_SUBSCRIPTION_ID")
+    group = require(env, "AZURE_RESOURCE_GROUP")
+    topic = require(env, "EVENT_GRID_SYSTEM_TOPIC_NAME")
+    function_id = f"{require(env, 'AZURE_FUNCTION_APP_RESOURCE_ID')}/functions/{FUNCTION_NAME}"
+
+    wait_until_indexed(run, function_id, subscription, sleep=sleep, clock=clock)
     done = run(
         "eventgrid", "system-topic", "event-subscription", "create",
+        "--subscription", subscription,
         "--resource-group", group,
         "--system-topic-name", topic,
         "--name", SUBSCRIPTION_NAME,

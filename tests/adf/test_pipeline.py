@@ -15,7 +15,14 @@ from broker.tokens import Secret, Token
 ROOT = Path(__file__).resolve().parents[2]
 ADF = ROOT / "infra" / "adf"
 PIPELINE = ADF / "pipeline" / "pl_ilevel_assets_to_sql.json"
-BROKER_URL = re.compile(r"^https://[a-z0-9][a-z0-9-]*\.azurewebsites\.net/api/token/ilevel\?min_validity=(\d+)$")
+# A bare host name: Flex Consumption's default host names may carry a suffix and a region label.
+BROKER_URL = re.compile(r"^https://[a-z0-9][a-z0-9.-]*\.azurewebsites\.net/api/token/ilevel\?min_validity=(\d+)$")
+# What docs/adf.md's createRun passes (from azd env get-value), with made-up values of the same shape.
+RUN_VALUES = {
+    "brokerHost": "func-broker-abc123.azurewebsites.net",
+    "brokerAppIdUri": "api://11111111-2222-3333-4444-555555555555/ilevel-token-broker-dev",
+    "sqlServer": "sql-ilevel-dev",
+}
 OUTPUT_REF = re.compile(r"activity\(\s*'([^']+)'\s*\)\s*\.output\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*'([^']+)'\s*\])?")
 PARAM_REF = re.compile(r"^(?:string\()?pipeline\(\)\.parameters\.(\w+)\)?$")
 
@@ -46,12 +53,14 @@ def strings(node: Any) -> list[str]:
     return []
 
 
-def defaults(pipeline: dict[str, Any]) -> dict[str, Any]:
-    return {name: spec.get("defaultValue") for name, spec in pipeline["properties"].get("parameters", {}).items()}
+def run_parameters(pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's parameters as a run sees them: the defaults, and the values createRun passes."""
+    specs = pipeline["properties"].get("parameters", {})
+    return {name: RUN_VALUES.get(name, spec.get("defaultValue")) for name, spec in specs.items()}
 
 
 def resolve(value: Any, params: dict[str, Any]) -> str:
-    """The value with pipeline parameters at their defaults; handles literals and @concat of literals/parameters."""
+    """The value with pipeline parameters as a run sets them; handles literals and @concat of literals/parameters."""
     if isinstance(value, dict):
         assert value.get("type") == "Expression", f"unexpected value object {value}"
         value = value["value"]
@@ -93,7 +102,7 @@ def broker_fields() -> set[str]:
 
 def test_broker_call_authenticates_with_the_factory_identity_for_the_broker_audience(pipeline: dict[str, Any]) -> None:
     """The Web activity uses MSI with resource = the broker's App ID URI (api://...)."""
-    params = defaults(pipeline)
+    params = run_parameters(pipeline)
     for call in broker_calls(pipeline):
         auth = call["typeProperties"]["authentication"]
         assert auth["type"] == "MSI"
@@ -107,10 +116,10 @@ def test_broker_call_hides_its_output_from_run_monitoring(pipeline: dict[str, An
 
 
 def test_broker_call_gets_the_ilevel_token_url_with_a_valid_min_validity(pipeline: dict[str, Any]) -> None:
-    """GET https://<app>.azurewebsites.net/api/token/ilevel?min_validity=<0..3600>."""
+    """GET https://<broker host>/api/token/ilevel?min_validity=<0..3600>."""
     for call in broker_calls(pipeline):
         assert call["typeProperties"]["method"] == "GET"
-        url = resolve(call["typeProperties"]["url"], defaults(pipeline))
+        url = resolve(call["typeProperties"]["url"], run_parameters(pipeline))
         match = BROKER_URL.fullmatch(url)
         assert match, f"unexpected broker URL shape {url!r}"
         assert 0 <= int(match[1]) <= 3600

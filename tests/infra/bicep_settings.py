@@ -17,6 +17,8 @@ BEGIN = "// --- app settings: begin ---"
 END = "// --- app settings: end ---"
 FALLBACK_BEGIN = "// --- provider settings fallback: begin ---"
 FALLBACK_END = "// --- provider settings fallback: end ---"
+OPERATOR_BEGIN = "// --- settings through azd: begin ---"
+OPERATOR_END = "// --- settings through azd: end ---"
 
 _KEY = re.compile(r"^\s*(?:'(?P<quoted>[^']+)'|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))\s*:\s*(?P<value>.*?)\s*$")
 _LITERAL = re.compile(r"^'(?P<text>[^'$]*)'$")
@@ -89,6 +91,11 @@ def _marked_object(path: Path, begin: str, end: str, opener: str) -> list[Settin
 def app_settings(path: Path = BROKER_BICEP) -> list[Setting]:
     """Every app setting broker.bicep gives the Function App whatever the providers, in file order."""
     return _marked_object(path, BEGIN, END, "var appSettings = {")
+
+
+def operator_settings(path: Path = BROKER_BICEP) -> list[Setting]:
+    """The settings broker.bicep takes from Bicep parameters an operator sets through azd."""
+    return _marked_object(path, OPERATOR_BEGIN, OPERATOR_END, "var operatorSettings = {")
 
 
 def fallback_provider_settings(path: Path = BROKER_BICEP) -> dict[str, str]:

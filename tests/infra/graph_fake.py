@@ -6,7 +6,9 @@ and keeps the rules a real tenant enforces, so a hook that breaks one fails:
 - an identifier URI must match the tenant's allowed formats (the restriction policy, on by default);
 - a new object is invisible to other requests for ``lag`` requests (replication);
 - collections come in pages of ``page_size`` with an absolute ``@odata.nextLink``;
-- a duplicate role assignment is a 409.
+- a duplicate role assignment is a 409;
+- an enabled delegated scope can be neither changed nor deleted, like a role, and a pre-authorised client
+  may name only scopes the app already has (written by an earlier PATCH).
 Every request is kept in ``conversation`` in the order it arrived.
 """
 
@@ -143,6 +145,7 @@ class FakeGraph:
             "identifierUris": [],
             "appRoles": [],
             "tags": [],
+            "api": {"oauth2PermissionScopes": [], "preAuthorizedApplications": [], "requestedAccessTokenVersion": None},
             **copy.deepcopy(body),
         }
         self.applications.append(app)
@@ -168,6 +171,10 @@ class FakeGraph:
                         "CannotDeleteOrUpdateEnabledEntitlement",
                         "Property value cannot be deleted or updated unless it is disabled first.",
                     )
+        if "api" in body:
+            refused = _api_change_refused(app.get("api") or {}, body["api"])
+            if refused is not None:
+                return refused
         app.update(copy.deepcopy(body))
         return Reply(204, None)
 
@@ -213,3 +220,26 @@ def _not_found(object_id: str) -> Reply:
         "Request_ResourceNotFound",
         f"Resource '{object_id}' does not exist or one of its queried reference-property objects are not present.",
     )
+
+
+def _api_change_refused(old: dict[str, Any], new: dict[str, Any]) -> Reply | None:
+    """Graph's rules for ``api``: enabled scopes stay as they are; pre-authorisations name existing scopes."""
+    kept = {scope["id"]: scope for scope in new.get("oauth2PermissionScopes", old.get("oauth2PermissionScopes", []))}
+    for scope in old.get("oauth2PermissionScopes", []):
+        after = kept.get(scope["id"])
+        if scope["isEnabled"] and (after is None or {**scope, "isEnabled": after["isEnabled"]} != after):
+            return _error(
+                400,
+                "CannotDeleteOrUpdateEnabledEntitlement",
+                "Property value cannot be deleted or updated unless it is disabled first.",
+            )
+    existing = {scope["id"] for scope in old.get("oauth2PermissionScopes", [])}
+    for client in new.get("preAuthorizedApplications", []):
+        missing = [i for i in client.get("delegatedPermissionIds", []) if i not in existing]
+        if missing:
+            return _error(
+                400,
+                "Request_BadRequest",
+                f"Property PreAuthorizedApplication references a permission that does not exist: {missing[0]}",
+            )
+    return None

@@ -9,6 +9,10 @@ script reads the JSON report and fails (exit 1) on:
 - a skipped check whose inline ``// checkov:skip=ID: reason`` suppression gives no reason;
 - a report with no Bicep resources or no checks at all (checkov parsed nothing);
 - a check that crashed (checkov logs "Failed to run check" and counts it as neither passed nor failed).
+
+checkov reads `// checkov:skip=` comments inside resources only, never on a parameter, so the few
+parameter-level exceptions are listed in PARAMETER_SUPPRESSIONS below, each with its reason; they are
+reported as skipped, and the test that guards each one (named in the reason) keeps it honest.
 """
 
 from __future__ import annotations
@@ -26,6 +30,22 @@ INFRA = ROOT / "infra"
 CHECKOV_NO_REASON = "No comment provided"
 # What checkov logs (on stderr) when a check raised instead of returning a result.
 CHECK_CRASHED = re.compile(r"Failed to run check (\S+) on (\S+)")
+# (check id, file name, parameter) -> why the failure is not a finding.
+PARAMETER_SUPPRESSIONS: dict[tuple[str, str, str], str] = {
+    ("CKV_AZURE_131", "keyvault.bicep", "fleetCacheKey"): (
+        "the default is newGuid() values, drawn anew at each deployment (newGuid() is allowed only as a "
+        "parameter default), never a hard-coded value; Microsoft's ARM template test for secure parameters "
+        "accepts newGuid() defaults, checkov's port does not; tests/infra/test_bicep_policy.py asserts the "
+        "default is newGuid() calls only"
+    ),
+}
+
+
+def suppression(check: dict[str, Any]) -> str | None:
+    """The reason a failed parameter check is an accepted exception, or None."""
+    where = Path(str(check.get("repo_file_path") or check.get("file_path") or "")).name
+    parameter = str(check.get("resource") or "").rsplit(".", 1)[-1]
+    return PARAMETER_SUPPRESSIONS.get((check["check_id"], where, parameter))
 
 
 def run_checkov(checkov: str) -> tuple[int, str, str]:
@@ -67,6 +87,11 @@ def evaluate(reports: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
         if summary.get("parsing_errors") and not results.get("parsing_errors"):
             problems.append(f"{summary['parsing_errors']} parsing error(s) reported in the summary")
         for check in results.get("failed_checks", []) or []:
+            if reason := suppression(check):
+                failed -= 1
+                skipped += 1
+                lines.append(f"  skipped {check['check_id']} on parameter {check.get('resource')}: {reason}")
+                continue
             problems.append(
                 f"FAILED {check['check_id']} {check['check_name']} "
                 f"at {check.get('repo_file_path') or check.get('file_path')}:{check.get('file_line_range')} "

@@ -23,6 +23,8 @@ BROKER = INFRA / "app" / "broker.bicep"
 KEYVAULT = INFRA / "app" / "keyvault.bicep"
 NETWORK = INFRA / "app" / "network.bicep"
 MONITORING = INFRA / "app" / "monitoring.bicep"
+RBAC = INFRA / "app" / "rbac.bicep"
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 MODULE_REF = re.compile(r"^module\s+(\w+)\s+'(br/public:[^']+)'", re.MULTILINE)
 PINNED = re.compile(r"^br/public:avm/(res|ptn|utl)/[a-z0-9-]+/[a-z0-9-]+(/[a-z0-9-]+)*:\d+\.\d+\.\d+$")
 ROLE_ASSIGNMENT = re.compile(r"^resource\s+(\w+)\s+'Microsoft\.Authorization/roleAssignments@", re.MULTILINE)
@@ -41,6 +43,13 @@ def text(path: Path) -> str:
 
 def block(source: str | list[str], opener: str) -> list[str]:
     return object_block(source if isinstance(source, str) else "\n".join(source), opener)
+
+
+def within(source: str | list[str], *openers: str) -> str:
+    """The text inside nested blocks, e.g. within(main, "module storage ", "params: {")."""
+    for opener in openers:
+        source = block(source, opener)
+    return source if isinstance(source, str) else "\n".join(source)
 
 
 def entries(lines: list[str]) -> dict[str, str]:
@@ -69,6 +78,48 @@ def variable(path: Path, name: str) -> str:
     return match[1].strip()
 
 
+def array_objects(lines: list[str]) -> list[dict[str, str]]:
+    """The top-level entries of each object in an array body (the lines between [ and ])."""
+    objects: list[list[str]] = []
+    depth = 0
+    for line in lines:
+        if depth == 0 and line.strip() == "{":
+            objects.append([])
+        elif depth >= 1 and not (depth == 1 and line.strip() == "}"):
+            objects[-1].append(line)
+        depth += line.count("{") + line.count("[") - line.count("}") - line.count("]")
+    return [entries(body) for body in objects]
+
+
+def site_configs() -> dict[str, dict[str, str]]:
+    """The site module's configs[] entries by name, e.g. {'appsettings': {...}, 'authsettingsV2': {...}}."""
+    lines = block(block(block(text(BROKER), "module app "), "params: {"), "configs: [")
+    return {config["name"].strip("'"): config for config in array_objects(lines)}
+
+
+def subnet(name: str) -> dict[str, str]:
+    """Top-level properties of one subnet of the VNet in network.bicep."""
+    subnets = block(block(block(text(NETWORK), "resource vnet "), "properties: {"), "subnets: [")
+    for entry in array_objects(subnets):
+        if entry["name"] == f"{name}Name":
+            properties = "\n".join(subnets)
+            start = properties.index(f"name: {name}Name")
+            return entries(block(properties[start:], "properties: {"))
+    raise AssertionError(f"no subnet named by {name}Name")
+
+
+def param_line(path: Path, name: str) -> tuple[list[str], str]:
+    """(decorator lines above it, the param line) of one parameter."""
+    lines = text(path).splitlines()
+    index = next(i for i, line in enumerate(lines) if re.match(rf"param {name}\s", line))
+    decorators = []
+    for line in reversed(lines[:index]):
+        if not line.startswith(("@", "  ", "]", "}", ")")):
+            break
+        decorators.insert(0, line)
+    return decorators, lines[index]
+
+
 # --- Policies for each AVM module the infra calls: module path -> check of one call's params ---
 
 
@@ -80,10 +131,15 @@ def storage_policy(params: dict[str, str]) -> None:
     assert params["supportsHttpsTrafficOnly"] == "true"
     assert params["minimumTlsVersion"] == "'TLS1_2'"
     assert params["publicNetworkAccess"] == "storagePublicNetworkAccess"
-    assert variable(MAIN, "storagePublicNetworkAccess") == "vnetEnabled && empty(operatorIps) ? 'Disabled' : 'Enabled'"
+    # Operators never need storage: with the network on it is Disabled whatever the operator addresses.
+    assert variable(MAIN, "storagePublicNetworkAccess") == "vnetEnabled ? 'Disabled' : 'Enabled'"
     acls = nested(MAIN, "storage", "networkAcls")
     assert acls["defaultAction"] == "vnetEnabled ? 'Deny' : 'Allow'"
     assert acls["bypass"] == "vnetEnabled ? 'None' : 'AzureServices'"
+    assert acls["ipRules"] == "[]", "no operator address ever reaches storage"
+    containers = within(text(MAIN), "module storage ", "params: {", "blobServices: {", "containers: [")
+    assert re.findall(r"name: (\w+)", containers) == ["deploymentContainerName", "fleetCacheContainerName"]
+    assert variable(MAIN, "fleetCacheContainerName") == "'broker-tokens'"
 
 
 def site_policy(params: dict[str, str]) -> None:
@@ -104,8 +160,17 @@ def site_policy(params: dict[str, str]) -> None:
     assert deployment["type"] == "'UserAssignedIdentity'"
     http = nested(BROKER, "app", "functionAppConfig", "scaleAndConcurrency", "triggers", "http")
     assert http["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
-    assert params["authSettingV2Configuration"] == "enableAppServiceAuth ? authSettings : authSettingsOff"
+    configs = site_configs()
+    assert set(configs) == {"appsettings", "authsettingsV2"}
+    # Replace, never merge: a setting removed from the azd environment is gone after the next provision.
+    assert configs["appsettings"]["retainCurrentAppSettings"] == "false"
+    assert configs["appsettings"]["properties"] == "allAppSettings"
+    assert "appSettingsKeyValuePairs" not in params
+    assert configs["authsettingsV2"]["properties"] == "enableAppServiceAuth ? authSettings : authSettingsOff"
     assert entries(block(block(text(BROKER), "var authSettingsOff = {"), "platform: {")) == {"enabled": "false"}
+    scale = nested(BROKER, "app", "functionAppConfig", "scaleAndConcurrency")
+    assert scale["maximumInstanceCount"] == "maximumInstanceCount"
+    assert scale["instanceMemoryMB"] == "instanceMemoryMB"
 
 
 def insights_policy(params: dict[str, str]) -> None:
@@ -167,6 +232,7 @@ def test_key_vault_is_rbac_recoverable_and_private_with_the_network_on() -> None
     assert props["enableSoftDelete"] == "true"
     assert props["enablePurgeProtection"] == "true"
     assert props["publicNetworkAccess"] == "publicNetworkAccess"
+    assert props["accessPolicies"] == "[]", "the REST API expects the property even in RBAC mode"
     access = variable(KEYVAULT, "publicNetworkAccess")
     assert access == "privateNetwork && empty(operatorIpAddresses) ? 'Disabled' : 'Enabled'"
     acls = entries(block(block(block(text(KEYVAULT), "resource vault "), "properties: {"), "networkAcls: {"))
@@ -220,7 +286,7 @@ def test_every_role_assignment_is_idempotent_and_typed() -> None:
 def test_app_service_authentication_is_off_unless_asked_for() -> None:
     """authsettingsV2 is behind a bool parameter that defaults to false, and false sends an explicit off."""
     assert "param enableAppServiceAuth bool = false" in text(MAIN)
-    assert module_params(BROKER, "app")["authSettingV2Configuration"].endswith(": authSettingsOff")
+    assert site_configs()["authsettingsV2"]["properties"].endswith(": authSettingsOff")
 
 
 def test_every_main_parameter_is_settable_from_the_azd_environment() -> None:
@@ -259,3 +325,129 @@ def test_every_module_call_uses_only_parameters_of_the_pinned_version() -> None:
             missing = set(known[pinned]["required"]) - passed
             assert not unknown, f"{path.name}: module {symbol} passes {sorted(unknown)}, unknown to {pinned}"
             assert not missing, f"{path.name}: module {symbol} lacks required {sorted(missing)} of {pinned}"
+
+
+# --- issue 16 ---
+
+
+def test_vault_opens_only_for_operator_addresses_and_the_docs_say_a_deny_policy_forbids_it() -> None:
+    """Operator IPs reach the vault alone; deploy.md names the Deny policy that refuses a non-Disabled vault."""
+    assert module_params(MAIN, "vault")["operatorIpAddresses"] == "operatorIps"
+    assert "operatorIps" not in "\n".join(block(text(MAIN), "module storage ")), "operator IPs never reach storage"
+    rules = within(text(KEYVAULT), "resource vault ", "properties: {", "networkAcls: {", "ipRules: [")
+    assert "for address in operatorIpAddresses" in rules
+    doc = text(DEPLOY_DOC)
+    assert "Azure Key Vault should disable public network access" in doc
+    section = doc.split("### How operators reach the vault", 1)[1].split("\n### ", 1)[0]
+    assert "Deny" in section and "BROKER_OPERATOR_IP_ADDRESSES" in section
+
+
+def test_list_parameters_drop_spaces_and_empty_items() -> None:
+    """ "a, b," is two items: operator IPs and caller application ids are split without spaces or empties."""
+    ips = "filter(split(replace(operatorIpAddresses, ' ', ''), ','), address => !empty(address))"
+    apps = "filter(split(replace(callerApplicationIds, ' ', ''), ','), id => !empty(id))"
+    assert variable(MAIN, "operatorIps") == ips
+    assert variable(BROKER, "callerApps") == apps
+
+
+def test_maximum_instance_count_is_at_least_forty() -> None:
+    """Flex Consumption rejects a maximum below 40: the parameter's bound and default say so."""
+    decorators, line = param_line(MAIN, "maximumInstanceCount")
+    (low,) = [int(d[len("@minValue(") : -1]) for d in decorators if d.startswith("@minValue(")]
+    assert low >= 40
+    assert int(line.rsplit("=", 1)[1]) >= 40
+    mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]["maximumInstanceCount"]["value"]
+    assert int(mapped.rsplit("=", 1)[1].rstrip("}")) >= 40
+
+
+def test_instance_memory_is_a_flex_size_and_reaches_the_broker() -> None:
+    """instanceMemoryMB is one of Flex's sizes and the same number becomes BROKER_INSTANCE_MEMORY_MB."""
+    decorators, line = param_line(MAIN, "instanceMemoryMB")
+    allowed = [int(d.strip()) for d in decorators if d.strip().isdigit()]
+    assert allowed == [512, 2048, 4096]
+    assert module_params(MAIN, "broker")["instanceMemoryMB"] == "instanceMemoryMB"
+    settings = entries(block(text(BROKER), "var appSettings = {"))
+    assert settings["BROKER_INSTANCE_MEMORY_MB"] == "string(instanceMemoryMB)"
+
+
+def test_app_subnet_outbound_is_explicit_and_the_nat_gateway_is_its_method_when_enabled() -> None:
+    """No API version decides outbound: snet-app says it, with a NAT gateway when natGatewayEnabled."""
+    app = subnet("appSubnet")
+    assert app["defaultOutboundAccess"] == "!natGatewayEnabled"
+    assert app["natGateway"] == "natGatewayEnabled ? {"
+    nat_ref = entries(block(within(text(NETWORK), "resource vnet ", "subnets: ["), "natGateway: natGatewayEnabled ? {"))
+    assert nat_ref == {"id": "natGateway.id"}
+    assert subnet("privateEndpointSubnet")["defaultOutboundAccess"] == "false"
+    network = text(NETWORK)
+    for symbol, kind in (("natGateway", "natGateways"), ("egressIp", "publicIPAddresses")):
+        declaration = rf"^resource {symbol} 'Microsoft.Network/{kind}@[\d-]+' = if \(natGatewayEnabled\) \{{"
+        assert re.search(declaration, network, re.M), f"{symbol} exists only with natGatewayEnabled"
+    ip = entries(block(block(network, "resource egressIp "), "properties: {"))
+    assert ip["publicIPAllocationMethod"] == "'Static'"
+    assert "id: egressIp.id" in "\n".join(block(block(network, "resource natGateway "), "publicIpAddresses: ["))
+    assert module_params(MAIN, "network")["natGatewayEnabled"] == "natGatewayEnabled"
+    assert "param natGatewayEnabled bool = false" in text(MAIN)
+    mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]
+    assert mapped["natGatewayEnabled"]["value"] == "${BROKER_STATIC_EGRESS=false}"
+    output = re.search(r"^output BROKER_EGRESS_IP string = (.+)$", text(MAIN), re.M)
+    assert output and output[1] == "vnetEnabled && natGatewayEnabled ? network.outputs.egressIpAddress : ''"
+
+
+def test_broker_host_is_output_bare() -> None:
+    """BROKER_HOST is the default host name with no scheme, for ADF's host parameters."""
+    output = re.search(r"^output BROKER_HOST string = (.+)$", text(MAIN), re.M)
+    assert output and output[1] == "broker.outputs.defaultHostName"
+
+
+# --- fleet cache (issue 14) ---
+
+
+def test_fleet_cache_role_is_blob_data_contributor_on_its_container_only() -> None:
+    """The broker's identity gets Storage Blob Data Contributor scoped to broker-tokens, not the account."""
+    body = entries(block(text(RBAC), "resource identityFleetCacheContributor "))
+    assert body["scope"] == "fleetCacheContainer"
+    props = resource_properties(RBAC, "identityFleetCacheContributor")
+    assert props["principalId"] == "identityPrincipalId"
+    assert props["roleDefinitionId"].endswith("roles.storageBlobDataContributor)")
+    assert "storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'" in text(RBAC)
+    container = entries(block(text(RBAC), "resource fleetCacheContainer "))
+    assert container == {"parent": "blobService", "name": "fleetCacheContainerName"}
+    assert module_params(MAIN, "rbac")["fleetCacheContainerName"] == "fleetCacheContainerName"
+
+
+def test_fleet_cache_url_is_the_container_and_shared_keys_stay_off() -> None:
+    """BROKER_FLEET_CACHE_URL is the blob endpoint plus broker-tokens; no key, no connection string in Azure."""
+    settings = entries(block(text(BROKER), "var appSettings = {"))
+    url = "'${storageAccount.properties.primaryEndpoints.blob}${fleetCacheContainerName}'"
+    assert settings["BROKER_FLEET_CACHE_URL"] == url
+    assert settings["BROKER_FLEET_CACHE_KEY_SECRET"] == "fleetCacheKeySecretName"
+    assert "BROKER_FLEET_CACHE_CONNECTION_STRING" not in settings
+    assert module_params(MAIN, "storage")["allowSharedKeyAccess"] == "false"
+
+
+def test_fleet_cache_key_is_generated_secret_and_never_output() -> None:
+    """The key secret's value is a @secure() parameter defaulting to >= 3 newGuid()s, never passed, never output."""
+    decorators, line = param_line(KEYVAULT, "fleetCacheKey")
+    assert "@secure()" in decorators
+    default = line.split(" = ", 1)[1].strip("'")
+    calls = re.findall(r"\$\{newGuid\(\)\}", default)
+    assert len(calls) >= 3 and "".join(calls) == default, "the default is newGuid() values and nothing else"
+    assert resource_properties(KEYVAULT, "fleetCacheKeySecret")["value"] == "fleetCacheKey"
+    assert entries(block(text(KEYVAULT), "resource fleetCacheKeySecret "))["name"] == "fleetCacheKeySecretName"
+    assert variable(MAIN, "fleetCacheKeySecretName") == "'broker-fleet-cache-key'"
+    assert "fleetCacheKey" not in module_params(MAIN, "vault"), "main never passes it, so each deployment draws anew"
+    for path in bicep_files():
+        for output in re.findall(r"^output .+$", text(path), re.M):
+            assert not re.search(r"\bfleetCacheKey\b", output), f"{path.name}: {output}"
+
+
+def test_site_configs_pass_only_keys_their_config_type_declares() -> None:
+    """Each configs[] entry of the site module uses keys of its type at the pinned version (module source)."""
+    known = json.loads(text(Path(__file__).parent / "avm_parameters.json"))["modules"]
+    pinned = re.search(r"^module app '(br/public:[^']+)'", text(BROKER), re.M)
+    assert pinned
+    types = known[pinned[1].removeprefix("br/public:")]["config_types"]
+    for name, config in site_configs().items():
+        assert name in types, f"configs entry {name!r} is not a config type this repo recorded"
+        unknown = set(config) - set(types[name])
+        assert not unknown, f"configs entry {name!r} passes {sorted(unknown)}, unknown to its type"

@@ -7,7 +7,9 @@ hook stores are in the environment of the next run), and reads the conversation 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "hooks"))
 sys.path.insert(0, str(Path(__file__).parent))
-from entra_app import EntraApp, HookConfig, Outcome, plan_roles  # noqa: E402
-from graph_client import RETRY_DELAYS_S, Graph, HookError, Reply  # noqa: E402
+import entra_app  # noqa: E402
+from entra_app import AZURE_CLI_CLIENT_ID, EntraApp, HookConfig, Outcome, plan_roles  # noqa: E402
+from graph_client import RETRY_DELAYS_S, Graph, HookError, Reply, az_graph_token  # noqa: E402
 from graph_fake import FakeGraph, Request, app_id_only_policy, secure_uri_policy  # noqa: E402
 
 SUBSCRIPTION = "11111111-2222-4333-8444-555555555555"
 FACTORY = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 EXISTING_APP_ID = "5b1f7e0c-2d4a-4c51-9f8e-1a2b3c4d5e6f"
+DEPLOYER = "d3b10e00-1111-4222-8333-444455556666"
+OPERATOR = "0e0e0e0e-1111-4222-8333-444455556666"
 
 
 @dataclass
@@ -81,7 +86,7 @@ def test_first_run_creates_one_app_with_a_secure_uri_and_a_role_per_provider() -
     assert env.values["BROKER_APP_ID_URI"] == app["identifierUris"][0]
     assert env.values["BROKER_API_CLIENT_ID"] == app["appId"]
     assert app["tags"] == [f"ilevel-token-broker/{SUBSCRIPTION}/dev"]
-    assert set(roles(graph)) == {"Token.Read.ilevel"}
+    assert set(roles(graph)) == {"Token.Read.ilevel", "Broker.Operator"}
     assert graph.service_principals[0]["appRoleAssignmentRequired"] is True
     assert [(a["principalId"], a["appRoleId"]) for a in graph.assignments] == [
         (FACTORY, roles(graph)["Token.Read.ilevel"]["id"])
@@ -151,7 +156,11 @@ def test_existing_app_is_found_by_the_stored_app_id_and_keeps_its_uri_and_roles(
     assert not outcome.created_app
     assert outcome.app_id_uri == "api://ilevel-token-broker-dev"
     assert roles(graph)["Token.Read.ilevel"] == before
-    assert writes(graph) == []
+    # The only writes add what operators need (tests/infra below); the URI and the provider role stay.
+    assert all(w.method == "PATCH" and set(w.body) <= {"appRoles", "api"} for w in writes(graph))
+    first = len(graph.conversation)
+    env.run(graph)
+    assert writes(graph, first) == []
 
 
 def test_rerun_after_the_role_text_changed_in_code_keeps_the_enabled_role() -> None:
@@ -204,7 +213,7 @@ def test_providers_without_ilevel_need_no_ilevel_role() -> None:
         BROKER_CALLER_PRINCIPAL_IDS=FACTORY,
     )
     env.run(graph)
-    assert set(roles(graph)) == {"Token.Read.other"}
+    assert set(roles(graph)) == {"Token.Read.other", "Broker.Operator"}
     assert graph.assignments[0]["appRoleId"] == roles(graph)["Token.Read.other"]["id"]
     assert env.settings() == {
         "BROKER_PROVIDERS": "other",
@@ -299,3 +308,266 @@ def test_plan_roles_never_edits_an_enabled_role() -> None:
         for role in old:
             assert role["id"] in by_id
             assert {**role, "isEnabled": by_id[role["id"]]["isEnabled"]} == by_id[role["id"]]
+
+
+# --- issue 16: the tenant comes from azd's subscription; 403 on a grant; lists and GUIDs ---
+
+OTHER_SUBSCRIPTION = "99999999-2222-4333-8444-555555555555"
+AZD_TENANT = "a0a0a0a0-1111-4111-8111-000000000001"
+OTHER_TENANT = "b0b0b0b0-1111-4111-8111-000000000002"
+
+
+def forbid_grants(request: Request) -> Reply | None:
+    """Graph's answer to an Application Developer: app-role grants need an admin role."""
+    if request.method == "POST" and request.path.endswith("/appRoleAssignedTo"):
+        message = "Insufficient privileges to complete the operation."
+        return Reply(403, {"error": {"code": "Authorization_RequestDenied", "message": message}})
+    return None
+
+
+@pytest.fixture
+def standin_az(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in `az` on PATH (tests/infra/standin_az.py) whose default subscription is in another tenant."""
+    state = tmp_path / "az-state.json"
+    state.write_text(
+        json.dumps(
+            {
+                "subscriptions": {SUBSCRIPTION: AZD_TENANT, OTHER_SUBSCRIPTION: OTHER_TENANT},
+                "default": OTHER_SUBSCRIPTION,
+                "azd_subscription": SUBSCRIPTION,
+                "not_indexed": 0,
+                "calls": [],
+                "created": [],
+            }
+        ),
+        encoding="utf-8",
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "az"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "standin_az.py"}" "$@"\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_AZ_STATE", str(state))
+    return state
+
+
+def test_the_tenant_is_the_azd_subscriptions_not_azs_default(standin_az: Path) -> None:
+    """A first run (no AZURE_TENANT_ID yet) takes the tenant of AZURE_SUBSCRIPTION_ID, via --subscription."""
+    config = HookConfig.from_env(azd().values)
+    assert entra_app.deployment_tenant(config, entra_app.az_subscription_tenant) == AZD_TENANT
+    assert az_graph_token(SUBSCRIPTION) == f"stand-in-graph-token-for-{AZD_TENANT}"
+    calls = json.loads(standin_az.read_text(encoding="utf-8"))["calls"]
+    assert len(calls) == 2
+    assert all(call[call.index("--subscription") + 1] == SUBSCRIPTION for call in calls)
+
+
+def test_a_subscription_az_cannot_see_names_the_login_to_run(standin_az: Path) -> None:
+    """az signed in elsewhere only: the error names AZURE_SUBSCRIPTION_ID and `az login --tenant`."""
+    config = HookConfig.from_env(azd(AZURE_SUBSCRIPTION_ID="12345678-0000-4000-8000-000000000000").values)
+    with pytest.raises(HookError, match=r"AZURE_SUBSCRIPTION_ID.*az login --tenant"):
+        entra_app.deployment_tenant(config, entra_app.az_subscription_tenant)
+
+
+def test_an_environment_whose_tenant_disagrees_with_its_subscription_is_refused() -> None:
+    """AZURE_TENANT_ID from an earlier run and the subscription's tenant differ: stop, before any Graph call."""
+    config = HookConfig.from_env(azd(AZURE_TENANT_ID=OTHER_TENANT).values)
+    with pytest.raises(HookError, match=r"AZURE_TENANT_ID"):
+        entra_app.deployment_tenant(config, lambda subscription: AZD_TENANT)
+
+
+def test_first_run_signed_in_to_another_tenant_fails_fast_before_anything_is_created() -> None:
+    """Graph answers for a tenant other than the subscription's: the hook stops after one read, writing nothing."""
+    graph = fresh()
+    env = azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    config = HookConfig.from_env(env.values)
+    config = dataclasses.replace(config, tenant_id=entra_app.deployment_tenant(config, lambda subscription: AZD_TENANT))
+    client = Graph(graph, sleep=env.sleeps.append, log=env.log.append)
+    with pytest.raises(HookError, match=rf"az login --tenant {AZD_TENANT}"):
+        EntraApp(client, config, env.set, env.log.append).run()
+    assert [r.path for r in graph.conversation] == ["/organization?$select=id"]
+    assert graph.applications == [] and "BROKER_API_CLIENT_ID" not in env.values
+
+
+def test_a_refused_grant_is_a_warning_with_the_admin_command_and_the_deployment_goes_on() -> None:
+    """403 on appRoleAssignedTo (an Application Developer): warn, print the admin's command, finish the run."""
+    graph, env = fresh(fail=forbid_grants), azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY)
+    outcome = env.run(graph)
+    (sp,) = graph.service_principals
+    role_id = roles(graph)["Token.Read.ilevel"]["id"]
+    assert outcome.granted == [] and outcome.left_to_admin == [(FACTORY, "Token.Read.ilevel")]
+    assert graph.assignments == []
+    assert "BROKER_PROVIDER_SETTINGS" in env.values, "the rest of the deployment went on"
+    (warning,) = [line for line in env.log if "WARNING" in line]
+    assert "owning the service principal is not enough" in warning
+    body = json.dumps({"principalId": FACTORY, "resourceId": sp["id"], "appRoleId": role_id}, separators=(",", ":"))
+    assert (
+        f"az rest --method POST --uri https://graph.microsoft.com/v1.0/servicePrincipals/{sp['id']}/appRoleAssignedTo "
+        f"--headers Content-Type=application/json --body '{body}'"
+    ) in warning
+
+
+def test_other_graph_errors_on_a_grant_still_stop_the_hook() -> None:
+    """Only 403 becomes a warning: a 400 from Graph is still an error."""
+
+    def bad_request(request: Request) -> Reply | None:
+        if request.method == "POST" and request.path.endswith("/appRoleAssignedTo"):
+            return Reply(400, {"error": {"code": "Request_BadRequest", "message": "Invalid principal"}})
+        return None
+
+    with pytest.raises(HookError, match="Invalid principal"):
+        azd(BROKER_CALLER_PRINCIPAL_IDS=FACTORY).run(fresh(fail=bad_request))
+
+
+def test_uppercase_principal_ids_match_graphs_lowercase_assignments() -> None:
+    """An id typed in uppercase is the grant Graph already holds: no second POST (which Graph answers 409)."""
+    graph = existing(page_size=2)
+    outcome = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID, BROKER_CALLER_PRINCIPAL_IDS=FACTORY.upper()).run(graph)
+    assert outcome.granted == []
+    assert graph.requests("POST") == []
+
+
+def test_spaces_and_trailing_commas_in_every_list_are_ignored() -> None:
+    """Providers and both caller lists: items trimmed, empty items (a trailing comma) dropped, duplicates once."""
+    graph = fresh()
+    env = azd(
+        BROKER_PROVIDERS=" ilevel , other ,",
+        BROKER_OTHER_TOKEN_URL="https://login.other.example/oauth2/token",
+        BROKER_CALLER_PRINCIPAL_IDS=f" {FACTORY} , ,",
+        BROKER_OTHER_CALLER_PRINCIPAL_IDS=f"{FACTORY.upper()},",
+    )
+    env.run(graph)
+    assert env.settings()["BROKER_PROVIDERS"] == "ilevel,other"
+    granted = sorted((a["principalId"], a["appRoleId"]) for a in graph.assignments)
+    assert granted == sorted((FACTORY, roles(graph)[role]["id"]) for role in ("Token.Read.ilevel", "Token.Read.other"))
+
+
+def test_a_principal_id_that_is_not_a_guid_is_a_clear_error() -> None:
+    """A name or an appId typo in a caller list is refused before any Graph call, naming the variable."""
+    with pytest.raises(HookError, match=r"BROKER_ILEVEL_CALLER_PRINCIPAL_IDS lists 'my-factory'"):
+        HookConfig.from_env(azd(BROKER_ILEVEL_CALLER_PRINCIPAL_IDS="my-factory").values)
+
+
+# --- operators: Broker.Operator, Diagnostics.Run, the Azure CLI pre-authorised ----------------------------
+
+
+def operator_assignments(graph: FakeGraph) -> set[str]:
+    role_id = roles(graph)["Broker.Operator"]["id"]
+    return {a["principalId"] for a in graph.assignments if a["appRoleId"] == role_id}
+
+
+def api(graph: FakeGraph) -> dict[str, Any]:
+    (app,) = graph.applications
+    return dict(app["api"])
+
+
+def test_operators_get_a_role_for_users_and_apps_a_scope_and_the_azure_cli_preauthorised() -> None:
+    """Broker.Operator for User and Application, scope exactly Diagnostics.Run, the CLI pre-authorised for it,
+    and the deployer (AZURE_PRINCIPAL_ID) holding the role; a second run writes nothing."""
+    graph, env = fresh(), azd(AZURE_PRINCIPAL_ID=DEPLOYER)
+    outcome = env.run(graph)
+    role = roles(graph)["Broker.Operator"]
+    assert role["allowedMemberTypes"] == ["User", "Application"] and role["isEnabled"] is True
+    (scope,) = api(graph)["oauth2PermissionScopes"]
+    assert scope["value"] == "Diagnostics.Run" and scope["isEnabled"] is True
+    assert api(graph)["preAuthorizedApplications"] == [
+        {"appId": "04b07795-8ddb-461a-bbee-02f9e1bf7b46", "delegatedPermissionIds": [scope["id"]]}
+    ]
+    assert AZURE_CLI_CLIENT_ID == "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+    assert operator_assignments(graph) == {DEPLOYER}
+    assert (DEPLOYER, "Broker.Operator") in outcome.granted and outcome.left_to_admin == []
+    first = len(graph.conversation)
+    assert env.run(graph).operator_changes == []
+    assert writes(graph, first) == []
+
+
+def test_the_deployer_is_not_made_an_operator_when_told_not_to_but_listed_operators_are() -> None:
+    """BROKER_GRANT_DEPLOYER_OPERATOR=false leaves the deployer out; BROKER_OPERATOR_PRINCIPAL_IDS are granted."""
+    graph = fresh()
+    azd(
+        AZURE_PRINCIPAL_ID=DEPLOYER, BROKER_GRANT_DEPLOYER_OPERATOR="false", BROKER_OPERATOR_PRINCIPAL_IDS=OPERATOR
+    ).run(graph)
+    assert operator_assignments(graph) == {OPERATOR}
+
+
+def test_an_enabled_operator_role_for_applications_only_is_disabled_then_rewritten() -> None:
+    """Graph refuses to change an enabled role: disable it in one PATCH, write both member types in the next."""
+    graph = existing()
+    app = graph.applications[0]
+    app["appRoles"].append({**new_app_only_operator_role(), "isEnabled": True})
+    outcome = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    role = roles(graph)["Broker.Operator"]
+    assert role["allowedMemberTypes"] == ["User", "Application"] and role["isEnabled"] is True
+    assert role["id"] == "55555555-1c3b-4d6e-8f7a-9b0c1d2e3f40", "the same role: existing grants keep working"
+    role_patches = [w for w in writes(graph) if "appRoles" in (w.body or {})]
+    assert [
+        next(r for r in w.body["appRoles"] if r["value"] == "Broker.Operator")["isEnabled"] for w in role_patches
+    ] == [
+        False,
+        True,
+    ]
+    assert any("disabled, then rewritten" in change for change in outcome.operator_changes)
+
+
+def test_a_disabled_scope_is_reenabled_and_other_preauthorised_clients_are_kept() -> None:
+    """An earlier Diagnostics.Run that someone disabled comes back; another client's pre-authorisation stays."""
+    graph = existing()
+    other = {
+        "appId": "11111111-aaaa-4bbb-8ccc-dddddddddddd",
+        "delegatedPermissionIds": ["66666666-0000-4000-8000-0000000000aa"],
+    }
+    graph.applications[0]["api"] = {
+        "oauth2PermissionScopes": [
+            {"id": "66666666-0000-4000-8000-0000000000aa", "value": "Other.Read", "type": "User", "isEnabled": True},
+            {
+                "id": "77777777-0000-4000-8000-0000000000bb",
+                "value": "Diagnostics.Run",
+                "type": "User",
+                "isEnabled": False,
+            },
+        ],
+        "preAuthorizedApplications": [other],
+    }
+    azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    scopes = {s["value"]: s for s in api(graph)["oauth2PermissionScopes"]}
+    assert scopes["Diagnostics.Run"]["isEnabled"] is True and scopes["Other.Read"]["isEnabled"] is True
+    assert other in api(graph)["preAuthorizedApplications"]
+    cli = next(p for p in api(graph)["preAuthorizedApplications"] if p["appId"] == AZURE_CLI_CLIENT_ID)
+    assert cli["delegatedPermissionIds"] == ["77777777-0000-4000-8000-0000000000bb"]
+
+
+def test_a_refused_operator_grant_says_what_an_administrator_runs_and_the_hook_goes_on() -> None:
+    """Assigning app roles needs an admin role: a 403 names the command to run, and the deployment continues."""
+    graph, env = fresh(), azd(AZURE_PRINCIPAL_ID=DEPLOYER)
+
+    def no_admin_role(request: Request) -> Reply | None:
+        if (
+            request.method == "POST"
+            and request.path.endswith("/appRoleAssignedTo")
+            and request.body["principalId"] == DEPLOYER
+        ):
+            return Reply(403, {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}})
+        return None
+
+    graph.fail = no_admin_role
+    outcome = env.run(graph)
+    assert outcome.left_to_admin == [(DEPLOYER, "Broker.Operator")]
+    line = next(text for text in env.log if "Broker.Operator" in text and "refused" in text)
+    assert "az rest --method POST" in line and DEPLOYER in line and "appRoleAssignedTo" in line
+    assert "BROKER_PROVIDER_SETTINGS" in env.values, "the rest of the hook ran"
+
+
+def test_an_operator_id_that_is_not_a_guid_is_a_clear_error() -> None:
+    """A typo in BROKER_OPERATOR_PRINCIPAL_IDS fails before any Graph call, naming the variable."""
+    with pytest.raises(HookError, match="BROKER_OPERATOR_PRINCIPAL_IDS"):
+        HookConfig.from_env(azd(BROKER_OPERATOR_PRINCIPAL_IDS="alice@contoso.com").values)
+
+
+def new_app_only_operator_role() -> dict[str, Any]:
+    return {
+        "allowedMemberTypes": ["Application"],
+        "description": "Older wording",
+        "displayName": "Broker operator",
+        "id": "55555555-1c3b-4d6e-8f7a-9b0c1d2e3f40",
+        "value": "Broker.Operator",
+    }

@@ -93,9 +93,14 @@ def test_the_proxy_pipeline_is_one_copy_activity_with_managed_identity_and_no_to
     linked = load(LINKED_SERVICE)["properties"]
     assert linked["type"] == "RestService"
     assert linked["typeProperties"]["authenticationType"] == "ManagedServiceIdentity"
-    defaults = {name: spec["defaultValue"] for name, spec in linked["parameters"].items()}
-    assert resolve(linked["typeProperties"]["url"], defaults).endswith("/api/proxy/ilevel/")
-    assert resolve(linked["typeProperties"]["aadResourceId"], defaults).startswith("api://")
+    # The values a run passes down (docs/adf.md: azd env get-value BROKER_HOST / BROKER_APP_ID_URI), made up.
+    run = {"brokerHost": "func-broker-abc123.azurewebsites.net", "brokerAppIdUri": "api://11111111-2222/broker-dev"}
+    assert set(linked["parameters"]) == set(run)
+    assert (
+        resolve(linked["typeProperties"]["url"], run)
+        == "https://func-broker-abc123.azurewebsites.net/api/proxy/ilevel/"
+    )
+    assert resolve(linked["typeProperties"]["aadResourceId"], run).startswith("api://")
     assert copy_activity()["typeProperties"]["source"]["paginationRules"] == {"AbsoluteUrl": "$.links.next"}
 
 

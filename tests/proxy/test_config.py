@@ -50,7 +50,7 @@ def test_the_api_root_gets_a_trailing_slash_and_may_be_http_only_on_loopback() -
         ({"BROKER_ILEVEL_API_BASE_URL": "https://user@api.example.com/v1/"}, "BROKER_ILEVEL_API_BASE_URL"),
         ({"BROKER_PROVIDERS": "other", "BROKER_OTHER_TOKEN_URL": "https://t.example/token",
           "BROKER_OTHER_MODE": "proxy"}, "BROKER_OTHER_API_BASE_URL"),
-        ({"BROKER_PROXY_TIMEOUT_SECONDS": "221"}, "BROKER_PROXY_TIMEOUT_SECONDS"),
+        ({"BROKER_PROXY_TIMEOUT_SECONDS": "161"}, "BROKER_PROXY_TIMEOUT_SECONDS"),
         ({"BROKER_PROXY_TIMEOUT_SECONDS": "0"}, "BROKER_PROXY_TIMEOUT_SECONDS"),
         ({"BROKER_PROXY_TIMEOUT_SECONDS": "soon"}, "BROKER_PROXY_TIMEOUT_SECONDS"),
         ({"BROKER_PROXY_MAX_RESPONSE_MB": "0"}, "BROKER_PROXY_MAX_RESPONSE_MB"),
@@ -74,7 +74,7 @@ def test_proxy_settings_are_known_not_warned_about_as_typos() -> None:
         "BROKER_ILEVEL_MODE": "both",
         "BROKER_ILEVEL_API_BASE_URL": "https://api.example.com/v1/",
         "BROKER_ILEVEL_PROXY_CONCURRENCY": "2",
-        "BROKER_PROXY_TIMEOUT_SECONDS": "220",
+        "BROKER_PROXY_TIMEOUT_SECONDS": "160",
         "BROKER_PROXY_MAX_RESPONSE_MB": "5",
     }
     settings = load_settings(env)
