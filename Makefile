@@ -17,6 +17,11 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 AZURITE_VERSION := 3.37.0
 AZURITE_DIR := $(VENV)/tools/azurite
 AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
+# Microsoft's KQL parser (Kusto.Language, built for JavaScript) from npm: tests/infra/test_kql_syntax.py
+# parses and analyses every deployed and documented query with it.
+KUSTO_VERSION := 12.4.1
+KUSTO_DIR := $(VENV)/tools/kusto
+KUSTO_STAMP := $(KUSTO_DIR)/.installed-$(KUSTO_VERSION)
 
 .PHONY: run test lint typecheck unit infra-check bench clean
 
@@ -35,6 +40,11 @@ $(AZURITE_STAMP): | $(STAMP)
 	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
 	touch $@
 
+$(KUSTO_STAMP):
+	mkdir -p $(KUSTO_DIR)
+	npm install --silent --no-audit --no-fund --prefix $(KUSTO_DIR) @kusto/language-service-next@$(KUSTO_VERSION)
+	touch $@
+
 run: $(STAMP)
 	@$(PY) -m broker.standin.demo --port $(PORT)
 
@@ -47,7 +57,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP) $(AZURITE_STAMP)
+unit: $(STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
 	$(PY) -m pytest
 
 infra-check: $(STAMP) $(CHECKOV_STAMP)

@@ -24,7 +24,7 @@ from broker.errors import ConfigError
 from broker.http import BrokerApp, MisconfiguredApp
 from broker.rotation import check_rotation_event
 from broker.runtime import Broker
-from broker.telemetry import configure_exporter
+from broker.telemetry import Exporter, configure_exporter
 
 log = logging.getLogger("broker.startup")
 
@@ -93,8 +93,10 @@ def event_type(event: _Event) -> str:
 class Process:
     """The ASGI app a host serves for the process's life, and the broker behind it (or why there is none)."""
 
-    def __init__(self, broker: Broker | None, error: ConfigError | None = None) -> None:
+    def __init__(self, broker: Broker | None, error: ConfigError | None = None, *, exporter: Exporter = "none") -> None:
         self.error = error
+        # Who sends this process's telemetry to Application Insights (broker.telemetry.configure_exporter).
+        self.exporter = exporter
         self.broker = broker
         self._app: BrokerApp | MisconfiguredApp
         if broker is not None and error is None:
@@ -127,7 +129,7 @@ def start_functions(environ: Mapping[str, str] | None = None) -> Process:
     env = os.environ if environ is None else environ
     quiet_libraries()
     scrub_asgi_debug_messages()
-    configure_exporter(env)
+    exporter = configure_exporter(env)
     try:
         settings = load_settings(env, functions_host=True)
     except ConfigError as error:
@@ -136,6 +138,6 @@ def start_functions(environ: Mapping[str, str] | None = None) -> Process:
             "is fixed and the app restarted.",
             error.description,
         )
-        return Process(None, error)
+        return Process(None, error, exporter=exporter)
     log_warnings(settings)
-    return Process(Broker(settings))
+    return Process(Broker(settings), exporter=exporter)

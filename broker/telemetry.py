@@ -2,7 +2,10 @@
 
 Instruments come from the OpenTelemetry *API*: with no SDK configured they are
 no-ops costing a function call. :func:`configure_exporter` switches on export to
-Application Insights when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set.
+Application Insights when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set, once per
+process: under Azure Functions in OpenTelemetry mode the Python worker has already done
+it (see :func:`configure_exporter`), and a second configuration would send every broker
+log record twice.
 Every instrument carries ``provider`` and ``outcome`` attributes (caller-auth
 failures carry ``reason``). No attribute ever holds a secret or token.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import metrics, trace
 
@@ -131,10 +134,56 @@ class _TracedSecrets:
                 self._t.secret_reads.add(1, {"provider": self._provider, "secret": name, "outcome": outcome})
 
 
-def configure_exporter(env: Mapping[str, str]) -> bool:
-    """Export to Application Insights when its connection string is set; otherwise do nothing."""
-    if not env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip():
+# Who exports the broker's telemetry to Application Insights (docs/operations.md, "What is sent by whom").
+Exporter = Literal["none", "worker", "broker"]
+# The log records exported are those of this logger and its children: the broker's, not the worker's or the SDKs'.
+LOGGER_NAME = "broker"
+# Microsoft's "Use OpenTelemetry with Azure Functions" (Python): with this app setting the worker
+# (azure-functions-python-worker 4.34, dispatcher.initialize_azure_monitor) calls configure_azure_monitor
+# itself before it imports function_app.py, tells the host WorkerOpenTelemetryEnabled (the host then stops
+# forwarding the worker's log records, category Function.*), and attaches each invocation's traceparent.
+WORKER_OTEL_SETTING = "PYTHON_ENABLE_OPENTELEMETRY"
+# The logger the worker hands to configure_azure_monitor; "" (its default) would export the root logger,
+# i.e. the worker's own per-invocation lines too.
+WORKER_LOGGER_SETTING = "PYTHON_AZURE_MONITOR_LOGGER_NAME"
+
+
+def _configured_in_process() -> bool:
+    """True when an OpenTelemetry SDK already owns this process's tracing (the worker configured Azure Monitor)."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
         return False
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def configure_exporter(env: Mapping[str, str]) -> Exporter:
+    """Export to Application Insights when its connection string is set, unless the worker already does.
+
+    Returns who exports: ``"none"`` (no connection string, or the distro missing), ``"worker"`` (the
+    Functions worker configured Azure Monitor in OpenTelemetry mode; configuring again would attach a
+    second log handler), or ``"broker"`` (this call configured it: ``serve``, or a host without OpenTelemetry mode).
+    """
+    if not env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip():
+        return "none"
+    if _configured_in_process():
+        logger_name = env.get(WORKER_LOGGER_SETTING, "")
+        if logger_name != LOGGER_NAME:
+            log.warning(
+                "telemetry: the Functions worker exports logs of logger %r (%s); set %s=%s so that only the "
+                "broker's records are exported",
+                logger_name or "<root>",
+                WORKER_LOGGER_SETTING,
+                WORKER_LOGGER_SETTING,
+                LOGGER_NAME,
+            )
+        return "worker"
+    if env.get(WORKER_OTEL_SETTING, "").strip():
+        # Worker 4.34 configures Azure Monitor itself under this setting (so this is its failure to import the
+        # distro); a worker that only propagates trace context leaves it to the app, as here.
+        log.info(
+            "telemetry: %s is set and the worker has not configured Azure Monitor; the app does", WORKER_OTEL_SETTING
+        )
     try:
         from azure.monitor.opentelemetry import configure_azure_monitor
     except ImportError:
@@ -142,8 +191,8 @@ def configure_exporter(env: Mapping[str, str]) -> bool:
             "telemetry: APPLICATIONINSIGHTS_CONNECTION_STRING is set but azure-monitor-opentelemetry "
             "is not installed; telemetry is not exported"
         )
-        return False
-    options: dict[str, Any] = {"logger_name": "broker"}
+        return "none"
+    options: dict[str, Any] = {"logger_name": LOGGER_NAME}
     client_id = env.get("AZURE_CLIENT_ID", "").strip()
     if client_id:
         # Application Insights has local auth off: export with the user-assigned identity.
@@ -151,4 +200,4 @@ def configure_exporter(env: Mapping[str, str]) -> bool:
 
         options["credential"] = ManagedIdentityCredential(client_id=client_id)
     configure_azure_monitor(**options)
-    return True
+    return "broker"

@@ -106,6 +106,9 @@ param httpPerInstanceConcurrency int = 100
 @description('Upper bound on Flex Consumption instances.')
 param maximumInstanceCount int = 40
 
+@description('Comma-separated e-mail addresses the alerts notify (docs/operations.md, Alerts). Empty: the alerts are deployed but notify no one.')
+param alertEmails string = ''
+
 var abbrs = loadJsonContent('./abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -278,6 +281,32 @@ module rbac './app/rbac.bicep' = {
     keyVaultName: vault.outputs.name
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
+  }
+}
+
+// Alerts, their action group and the availability test (docs/operations.md).
+module alerts './app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: '${abbrs.insightsComponents}${resourceToken}-'
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+    alertEmails: alertEmails
+    keyVaultSystemTopicName: vault.outputs.systemTopicName
+    brokerHostName: broker.outputs.defaultHostName
+  }
+}
+
+// The operators' workbook (docs/operations.md).
+module workbook './app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
   }
 }
 

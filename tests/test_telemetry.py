@@ -132,7 +132,7 @@ async def test_one_log_line_per_request_with_its_id_caller_outcome_and_token_fin
 
 def test_no_export_without_an_application_insights_connection_string() -> None:
     """Without APPLICATIONINSIGHTS_CONNECTION_STRING telemetry is not exported (the API's no-op instruments remain)."""
-    assert configure_exporter({}) is False
+    assert configure_exporter({}) == "none"
 
 
 async def test_a_fetch_is_traced_with_key_vault_reads_and_the_upstream_request(stack: Stack) -> None:

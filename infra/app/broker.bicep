@@ -65,6 +65,12 @@ var appSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // OpenTelemetry mode (host.json telemetryMode): the worker configures Azure Monitor, sends the broker's
+  // records once and correlates its spans with the host's request (docs/operations.md says who sends what).
+  PYTHON_ENABLE_OPENTELEMETRY: 'true'
+  PYTHON_AZURE_MONITOR_LOGGER_NAME: 'broker'
+  // The default sampler keeps about 5 spans a second; parent-based keeps the host's sampling decision.
+  OTEL_TRACES_SAMPLER: 'parentbased_always_on'
   KEY_VAULT_URL: keyVaultUri
   AZURE_CLIENT_ID: identityClientId
   BROKER_TENANT_ID: tenant().tenantId

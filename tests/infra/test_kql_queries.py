@@ -3,7 +3,8 @@
 The broker's own exporter (azure-monitor-opentelemetry, broker/telemetry.py) writes its log records
 to ``traces`` with the logger's name in ``customDimensions.logger_name``, and its instruments to
 ``customMetrics`` with their attributes in ``customDimensions``. Each ```kusto block in README.md and
-docs/*.md is checked against the source of broker/ (read with ``ast``, never imported):
+docs/*.md is checked against the source of broker/ (read with ``ast``; the access lines, which
+broker/http.py builds from its route table, come from that table's own ``Route.template``):
 - a logger name it filters on is a logger the broker creates;
 - a message it matches (startswith / has) is the start of, or inside, a format string of those loggers;
 - a ``key=`` it extracts from a message is a ``key=%s`` field of a format string of those loggers,
@@ -77,14 +78,30 @@ def scan(path: Path, emitted: Emitted) -> None:
             emitted.metrics.add(text)
 
 
-@pytest.fixture(scope="module")
-def emitted() -> Emitted:
+def access_line_formats() -> list[str]:
+    """Each route's access line as broker/http.py writes it: ``Route.template()``, its first word the route's kind.
+
+    Routes without ``accepts`` (health) write no access line."""
+    from broker import http
+
+    routes = {id(v): v for v in vars(http).values() if isinstance(v, http.Route) and v.accepts is not None}
+    return [route.template().replace("%s", route.kind, 1) for route in routes.values()]
+
+
+def broker_emits() -> Emitted:
+    """What broker/ emits: every module's log calls and instruments, plus the route table's access lines."""
     found = Emitted()
     for path in sorted(BROKER.rglob("*.py")):
         if "standin" not in path.parts:
             scan(path, found)
+    found.formats.setdefault("broker.access", []).extend(access_line_formats())
     assert found.formats and found.metrics
     return found
+
+
+@pytest.fixture(scope="module")
+def emitted() -> Emitted:
+    return broker_emits()
 
 
 @dataclass(frozen=True)
@@ -176,10 +193,7 @@ def test_extracted_fields_read_a_real_access_line(emitted: Emitted) -> None:
     The token route's line and proxy mode's line are both access lines; a pattern must read one of them."""
     formats = [f for f in emitted.formats["broker.access"] if "latency_ms=" in f]
     assert any("outcome=" in f for f in formats)
-    lines = [
-        f % tuple(0.5 if spec == "f" else 1 if spec == "d" else "x" for spec in re.findall(r"%[.\d]*([sdf])", f))
-        for f in formats
-    ]
+    lines = [f % tuple(0.5 if spec == "f" else 1 for spec in re.findall(r"%[.\d]*([sdf])", f)) for f in formats]
     for query in queries():
         for pattern in re.findall(r'extract\(@"([^"]+)"', query.text):
             matches = [re.search(pattern, line) for line in lines]

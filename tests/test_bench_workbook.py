@@ -1,0 +1,76 @@
+"""bench/workbook.py records a real local log and draws the deployed workbook's panels from it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import workbook
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "infra"))
+from monitoring_queries import WORKBOOK_JSON, workbook_queries  # noqa: E402
+from test_kql_queries import Query  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two simulated hours of the night (the misconfigured pipeline and the first rotation included)."""
+    path = tmp_path_factory.mktemp("workbook") / "night.jsonl"
+    assert workbook.record(path, hours=2.1) > 100
+    return path
+
+
+def test_every_workbook_panel_is_drawn_and_nothing_else() -> None:
+    """The drawing's panels are the deployed workbook's query items, by name."""
+    assert set(workbook.PANELS) == set(workbook_queries())
+
+
+@pytest.mark.parametrize(("name", "query"), sorted(workbook_queries().items()))
+def test_each_panel_reads_the_fields_and_metrics_its_query_reads(name: str, query: str) -> None:
+    """Every field a panel's query extracts and every metric and logger it names appear in its Python logic."""
+    source = inspect.getsource(workbook.PANELS[name]) + inspect.getsource(workbook._access)
+    parsed = Query(name, query)
+    for key in parsed.fields:
+        assert f'"{key}"' in source, f"{name}: the drawing does not read {key}="
+    for metric in parsed.metrics:
+        assert f'"{metric}"' in source, f"{name}: the drawing does not read {metric}"
+    for logger in parsed.loggers:
+        assert f'"{logger}"' in source, f"{name}: the drawing does not read logger {logger}"
+    for _, text in parsed.messages:
+        assert f'"{text}"' in source, f"{name}: the drawing does not filter on {text!r}"
+
+
+def test_the_recorded_log_has_rows_for_the_panels(recorded: Path) -> None:
+    """The night's rows give the token, latency, proxy, rejection, caller and fetch panels something to show."""
+    rows = workbook.load(recorded)
+    grain = 900.0
+    assert {"hit", "fetched"} <= set(workbook.tokens_by_outcome(rows, grain))
+    assert {"token p50", "token p95", "proxy p50", "proxy p95"} <= set(workbook.latency_by_route(rows, grain))
+    assert {status for _, status, _, _ in workbook.proxy_by_provider(rows)} >= {"2xx", "4xx"}
+    assert {reason for reason, _ in workbook.rejections_by_reason(rows)} >= {"missing", "audience"}
+    assert len(workbook.top_callers(rows)) >= 5
+    fetches = workbook.fetches_and_reads(rows, grain)
+    assert {"broker.upstream.fetches", "broker.keyvault.reads", "rotation verified"} <= set(fetches)
+
+
+def test_the_recorded_rows_look_like_application_insights_rows(recorded: Path) -> None:
+    """traces rows carry the broker's logger names; customMetrics rows are per-interval aggregates."""
+    rows = workbook.load(recorded)
+    loggers = {r["customDimensions"]["logger_name"] for r in rows if r["table"] == "traces"}
+    assert "broker.access" in loggers and all(name.startswith("broker.") for name in loggers)
+    metrics = [r for r in rows if r["table"] == "customMetrics"]
+    assert metrics and all(r["valueCount"] >= 1 and "name" in r for r in metrics)
+    assert not any(re.search(r"Bearer |eyJ[A-Za-z0-9_-]{10,}\.", json.dumps(r)) for r in rows), "no token in the log"
+
+
+def test_the_panels_render_to_a_png(recorded: Path, tmp_path: Path) -> None:
+    """The drawing writes a PNG with every panel, titled as in the workbook."""
+    png = tmp_path / "workbook.png"
+    workbook.render(recorded, png, WORKBOOK_JSON)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
