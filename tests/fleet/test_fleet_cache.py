@@ -310,3 +310,17 @@ async def test_an_unreachable_fleet_never_fails_a_caller_on_either_host(stack: S
     assert response.status_code == 200
     assert events(broker).get("fallback") == 1
     assert isinstance(response, httpx.Response)
+
+
+async def test_an_unusable_cache_key_degrades_to_per_instance_fetches_naming_the_secret(
+    fleet_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache key too short to hold 256 bits: no caller fails; one warning names the secret to fix."""
+    fleet_stack.kv.set_secret(DEFAULT_FLEET_KEY_SECRET, "too-short")
+    broker = instance(fleet_stack)
+    served = await asyncio.gather(*(get(broker) for _ in range(5)))
+    assert {s.token.origin for s in served} == {"fetch"}
+    degraded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fleet cache degraded:")]
+    assert len(degraded) == 1
+    assert DEFAULT_FLEET_KEY_SECRET in degraded[0] and "256 bits" in degraded[0]
+    assert events(broker).get("fallback") == 1
