@@ -134,7 +134,7 @@ class BlobStore:
             raise
         except AzureError as exc:
             raise StoreUnavailable(_reason(exc)) from None
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the boundary: a storage failure never reaches a caller
             raise StoreUnavailable(type(exc).__name__) from None
 
     async def read(self, name: str) -> Snapshot:
