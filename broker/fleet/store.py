@@ -120,8 +120,8 @@ class BlobStore:
             raise StoreUnavailable(f"the storage client was not ready within {PREPARE_BUDGET_S:.0f} s") from None
         except AzureError as exc:
             raise StoreUnavailable(_reason(exc)) from None
-        except OSError as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
+        except Exception as exc:  # noqa: BLE001 - e.g. the SDK missing: the caller falls back, never fails
+            raise StoreUnavailable(f"the storage client could not be built ({type(exc).__name__})") from None
 
     async def _call(self, work: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
