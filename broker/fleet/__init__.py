@@ -68,5 +68,16 @@ class Fleet:
         self.layers[provider.name] = layer
         return layer.fetch
 
+    def diagnostics(self, provider: str) -> dict[str, str]:
+        """One provider's fleet cache as the diagnostics route shows it: on or degraded, and where."""
+        layer = self.layers.get(provider)
+        state = "degraded" if layer is not None and layer.circuit.degraded else "on"
+        detail = (
+            "this instance fetches its own tokens until the store answers again"
+            if state == "degraded"
+            else "tokens are shared across the fleet"
+        )
+        return {"state": state, "location": self.store.location, "summary": f"{state}: {self.store.location}; {detail}"}
+
     def close(self) -> None:
         self.store.close()

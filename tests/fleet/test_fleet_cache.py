@@ -20,6 +20,7 @@ from azure.storage.blob import ContainerClient
 
 from broker.cache import Served
 from broker.config import DEFAULT_FLEET_KEY_SECRET, FLEET_CONTAINER
+from broker.diagnostics import fleet_state
 from broker.fleet.layer import CIRCUIT_OPEN_S
 from broker.fleet.record import blob_name
 from broker.runtime import Broker
@@ -310,6 +311,21 @@ async def test_an_unreachable_fleet_never_fails_a_caller_on_either_host(stack: S
     assert response.status_code == 200
     assert events(broker).get("fallback") == 1
     assert isinstance(response, httpx.Response)
+    assert fleet_state(broker, "ilevel")["state"] == "degraded"
+
+
+async def test_diagnostics_report_a_healthy_fleet_cache_as_on_without_its_key_or_connection_string(
+    fleet_stack: Stack,
+) -> None:
+    """After a fetch through the fleet, the diagnostics' fleet section is on and names the container only."""
+    broker = instance(fleet_stack)
+    await get(broker)
+    state = fleet_state(broker, "ilevel")
+    assert state["state"] == "on"
+    assert "broker-tokens" in state["summary"] or "container" in state["summary"]
+    shown = repr(state)
+    assert "AccountKey" not in shown
+    assert not [value for value in SENSITIVE if value in shown]
 
 
 async def test_an_unusable_cache_key_degrades_to_per_instance_fetches_naming_the_secret(
