@@ -12,6 +12,11 @@ PORT ?= 7071
 # Current checkov (>= 3.3 has CKV_AZURE_189 and the newer Azure checks); a new pin re-installs.
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+# Azurite, the Blob Storage emulator the fleet-cache tests start (tests/fleet/conftest.py), from npm,
+# pinned; a new pin re-installs. Its well-known development account key is public by design.
+AZURITE_VERSION := 3.37.0
+AZURITE_DIR := $(VENV)/tools/azurite
+AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
 # Microsoft's KQL parser (Kusto.Language, built for JavaScript) from npm: tests/infra/test_kql_syntax.py
 # parses and analyses every deployed and documented query with it.
 KUSTO_VERSION := 12.4.1
@@ -31,6 +36,10 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 
+$(AZURITE_STAMP): | $(STAMP)
+	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+	touch $@
+
 $(KUSTO_STAMP):
 	mkdir -p $(KUSTO_DIR)
 	npm install --silent --no-audit --no-fund --prefix $(KUSTO_DIR) @kusto/language-service-next@$(KUSTO_VERSION)
@@ -39,7 +48,7 @@ $(KUSTO_STAMP):
 run: $(STAMP)
 	@$(PY) -m broker.standin.demo --port $(PORT)
 
-test: $(STAMP) $(CHECKOV_STAMP) lint typecheck infra-check unit
+test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit
 
 lint: $(STAMP)
 	$(PY) -m ruff check broker tests bench function_app.py infra/hooks docs/examples
@@ -48,7 +57,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP) $(KUSTO_STAMP)
+unit: $(STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
 	$(PY) -m pytest
 
 infra-check: $(STAMP) $(CHECKOV_STAMP)

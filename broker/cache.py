@@ -1,7 +1,9 @@
 """Caching one provider's token: single-flight, refresh-ahead, stale-but-valid.
 
-The cache knows time and concurrency, nothing of OAuth2: it wraps any
-``fetch() -> Token`` coroutine (in production :meth:`broker.source.TokenSource.fetch`).
+The cache knows time and concurrency, nothing of OAuth2 or storage: it wraps any
+``fetch(want) -> Token`` coroutine (in production :meth:`broker.source.TokenSource.fetch`,
+or the fleet layer around it, :mod:`broker.fleet`). ``want`` says what the fetch is for, so a
+layer in between can tell whether a token it already has would do.
 All callers run on one event loop, so plain attributes plus one shared task give
 single-flight without locks.
 """
@@ -41,6 +43,29 @@ Outcome = Literal["hit", "fetched", "refreshed", "stale"]
 
 
 @dataclass(frozen=True)
+class Want:
+    """What the cache asks of a fetch: a token with at least ``min_validity`` seconds (capped as
+    :func:`effective_min_validity` caps it), newer than ``current``; ``force``: a new one from upstream."""
+
+    min_validity: float = 0.0
+    current: Token | None = None
+    force: bool = False
+
+
+class ForceDeclined(Exception):  # noqa: N818 - a signal between layers, not an error for a caller
+    """A fetch layer declined a forced fetch (another instance forced one recently): use ``token``
+    (still usable) and tell the caller to come back in ``retry_after`` seconds."""
+
+    def __init__(self, token: Token, retry_after: int) -> None:
+        super().__init__(f"forced refresh declined for {retry_after} s")
+        self.token = token
+        self.retry_after = retry_after
+
+
+Fetch = Callable[[Want], Awaitable[Token]]
+
+
+@dataclass(frozen=True)
 class Served:
     """What a request gets: the token, how it was obtained, why it is stale (if it is), and,
     for a force_refresh that was not honoured, in how many seconds one would be."""
@@ -69,7 +94,7 @@ class TokenCache:
 
     def __init__(
         self,
-        fetch: Callable[[], Awaitable[Token]],
+        fetch: Fetch,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -95,7 +120,10 @@ class TokenCache:
             wait = self._force_wait(now)
             if wait is None:
                 self._last_forced = now
-                return await self._fetch_now(self._token)
+                try:
+                    return await self._fetch_now(self._token, Want(min_validity, self._token, force=True))
+                except ForceDeclined as declined:
+                    wait = declined.retry_after
             # Refused: the caller still gets a token, as without force, and learns when to ask again.
             return replace(await self._get(now, min_validity), force_refused_retry_after=wait)
         return await self._get(now, min_validity)
@@ -113,9 +141,9 @@ class TokenCache:
             wanted = effective_min_validity(token, min_validity)
             if token.remaining(now) >= wanted:
                 if token.remaining(now) <= refresh_threshold(token, wanted):
-                    self._refresh_in_background(now)
+                    self._refresh_in_background(now, Want(min_validity, token))
                 return Served(token, "hit")
-        return await self._fetch_now(token)
+        return await self._fetch_now(token, Want(min_validity, token))
 
     async def renew(self, rejected: Token) -> Served:
         """A token to retry with after the upstream rejected ``rejected`` (proxy mode's 401).
@@ -127,7 +155,7 @@ class TokenCache:
         if current is not None and current != rejected and current.usable(self._clock()):
             return Served(current, "hit")
         if self.fetching:
-            return await self._fetch_now(current)
+            return await self._fetch_now(current, Want(0, current))
         return await self.get(min_validity=0, force=True)
 
     def _held_error(self, now: float) -> BrokerError | None:
@@ -141,22 +169,26 @@ class TokenCache:
             error.retry_after = max(1.0, until - now)
         return error
 
-    def _refresh_in_background(self, now: float) -> None:
+    def _refresh_in_background(self, now: float, want: Want) -> None:
         if self.fetching or self._held_error(now) is not None:
             return
-        self._flight = self._start_flight()
+        self._flight = self._start_flight(want)
         self._flight_is_background = True
 
-    def _start_flight(self) -> asyncio.Task[Token]:
-        task = asyncio.get_running_loop().create_task(self._run_fetch())
+    def _start_flight(self, want: Want) -> asyncio.Task[Token]:
+        task = asyncio.get_running_loop().create_task(self._run_fetch(want))
         # Background refresh failures are handled in _run_fetch; consume them here too.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._flight_is_background = False
         return task
 
-    async def _run_fetch(self) -> Token:
+    async def _run_fetch(self, want: Want) -> Token:
         try:
-            token = await self._fetch()
+            token = await self._fetch(want)
+        except ForceDeclined as declined:
+            if self._token is None or declined.token.obtained_at > self._token.obtained_at:
+                self._token = declined.token
+            raise
         except BrokerError as error:
             self._hold(error)
             raise
@@ -174,17 +206,23 @@ class TokenCache:
         hold = min(max(FAILURE_HOLD_S, error.retry_after or 0.0), FAILURE_HOLD_MAX_S)
         self._held = (error, self._clock() + hold)
 
-    async def _fetch_now(self, fallback: Token | None) -> Served:
-        """Wait for a token: join the flight in progress or start one; serve stale-but-valid on failure."""
+    async def _fetch_now(self, fallback: Token | None, want: Want) -> Served:
+        """Wait for a token: join the flight in progress or start one; serve stale-but-valid on failure.
+
+        Raises :class:`ForceDeclined` only to the caller whose ``want`` forced the flight."""
         held = self._held_error(self._clock())
         if held is not None:
             return self._stale_or_raise(fallback, held)
         background = self.fetching and self._flight_is_background
         flight = self._flight if self.fetching else None
         if flight is None:
-            flight = self._flight = self._start_flight()
+            flight = self._flight = self._start_flight(want)
         try:
             token = await asyncio.shield(flight)
+        except ForceDeclined as declined:
+            if want.force:
+                raise
+            return Served(declined.token, "hit")
         except BrokerError as error:
             return self._stale_or_raise(fallback, error)
         return Served(token, "refreshed" if background else "fetched")

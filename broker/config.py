@@ -59,6 +59,9 @@ MAX_PROXY_SLOT_WAIT_S = 50
 # retries included, must finish well inside it, leaving room for Key Vault reads.
 DEFAULT_TOKEN_BUDGET_S = 25.0
 MAX_TOKEN_BUDGET_S = 50.0
+# The fleet token cache (issue 14): the Key Vault secret holding its key, and the container infra creates.
+DEFAULT_FLEET_KEY_SECRET = "broker-fleet-cache-key"
+FLEET_CONTAINER = "broker-tokens"
 
 # Settings the broker reads that apply to the whole process.
 GLOBAL_SETTINGS: tuple[str, ...] = (
@@ -75,6 +78,9 @@ GLOBAL_SETTINGS: tuple[str, ...] = (
     "BROKER_PROXY_MAX_RESPONSE_MB",
     "BROKER_PROXY_SLOT_WAIT_SECONDS",
     "BROKER_INSTANCE_MEMORY_MB",
+    "BROKER_FLEET_CACHE_URL",
+    "BROKER_FLEET_CACHE_CONNECTION_STRING",
+    "BROKER_FLEET_CACHE_KEY_SECRET",
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -165,6 +171,17 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """Where the fleet token cache lives: a container URL (managed identity) or, for Azurite only, a
+    connection string. ``connection_string`` holds an account key: kept out of ``repr``."""
+
+    container_url: str | None
+    connection_string: str | None = field(default=None, repr=False)
+    container: str = FLEET_CONTAINER
+    key_secret: str = DEFAULT_FLEET_KEY_SECRET
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the broker reads from its environment, validated."""
 
@@ -182,6 +199,7 @@ class Settings:
     proxy_timeout_s: float = DEFAULT_PROXY_TIMEOUT_S
     proxy_max_response_bytes: int = DEFAULT_PROXY_MAX_RESPONSE_MB * 1024 * 1024
     proxy_slot_wait_s: float = DEFAULT_PROXY_SLOT_WAIT_S
+    fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -286,6 +304,73 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, low: int, high:
     if not re.fullmatch(r"[0-9]{1,9}", text) or not low <= int(text) <= high:
         raise ConfigError(name, f"must be a whole number from {low} to {high}, got {text!r}")
     return int(text)
+
+
+def _fleet(env: Mapping[str, str], *, running_in_azure: bool) -> FleetSettings | None:
+    """The fleet cache's settings, or None (off) when neither its URL nor its connection string is set."""
+    url = env.get("BROKER_FLEET_CACHE_URL", "").strip()
+    connection = env.get("BROKER_FLEET_CACHE_CONNECTION_STRING", "").strip()
+    key_secret = env.get("BROKER_FLEET_CACHE_KEY_SECRET", "").strip() or DEFAULT_FLEET_KEY_SECRET
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,127}", key_secret):
+        raise ConfigError(
+            "BROKER_FLEET_CACHE_KEY_SECRET",
+            f"must be a Key Vault secret name (letters, digits, '-'), got {key_secret!r}",
+        )
+    if not url and not connection:
+        return None
+    if url and connection:
+        raise ConfigError(
+            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            "is set together with BROKER_FLEET_CACHE_URL: keep only BROKER_FLEET_CACHE_URL (the managed identity "
+            "reaches it); the connection string is for the local storage emulator (Azurite) only",
+        )
+    if url:
+        url = _url("BROKER_FLEET_CACHE_URL", url, allow_loopback_http=True).rstrip("/")
+        parts = urlsplit(url)
+        container = parts.path.strip("/")
+        if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
+            raise ConfigError(
+                "BROKER_FLEET_CACHE_URL",
+                "must be a plain container URL without a query (no SAS token), fragment or user, "
+                f"e.g. https://<account>.blob.core.windows.net/{FLEET_CONTAINER}",
+            )
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", container.rsplit("/", 1)[-1] or "-"):
+            raise ConfigError(
+                "BROKER_FLEET_CACHE_URL",
+                f"must end with the blob container's name, e.g. https://<account>.blob.core.windows.net/{FLEET_CONTAINER}",
+            )
+        return FleetSettings(container_url=url, container=container.rsplit("/", 1)[-1], key_secret=key_secret)
+    endpoint = _connection_blob_endpoint(connection)
+    host = urlsplit(endpoint).hostname or ""
+    if running_in_azure or not is_loopback_host(host):
+        where = (
+            "when running in Azure (WEBSITE_SITE_NAME is set)" if running_in_azure else f"for blob endpoint {host!r}"
+        )
+        raise ConfigError(
+            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            f"is refused {where}: it is for the local storage emulator (Azurite) on a loopback address only. "
+            "In Azure, set BROKER_FLEET_CACHE_URL to the container URL; the managed identity reaches it, "
+            "no account key",
+        )
+    return FleetSettings(container_url=None, connection_string=connection, key_secret=key_secret)
+
+
+def _connection_blob_endpoint(connection: str) -> str:
+    """The BlobEndpoint of a storage connection string (never echoing the string, which holds a key)."""
+    parts = {}
+    for item in connection.split(";"):
+        key, sep, value = item.partition("=")
+        if sep:
+            parts[key.strip().lower()] = value.strip()
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        return "http://127.0.0.1:10000/devstoreaccount1"
+    endpoint = parts.get("blobendpoint", "")
+    if not endpoint:
+        raise ConfigError(
+            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            "has no BlobEndpoint=http://127.0.0.1:<port>/<account>: only Azurite on loopback is accepted",
+        )
+    return endpoint
 
 
 def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]:
@@ -424,6 +509,8 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         on_functions = functions_host or functions_worker
         check_memory_budget(providers, max_response_mb, memory_mb, functions_host=on_functions)
 
+    fleet = _fleet(env, running_in_azure=running_in_azure)
+
     for provider in providers.values():
         if provider.serves_nobody and not auth_disabled:
             warnings.append(
@@ -447,6 +534,7 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         proxy_timeout_s=proxy_timeout,
         proxy_max_response_bytes=max_response_mb * 1024 * 1024,
         proxy_slot_wait_s=float(slot_wait),
+        fleet=fleet,
         warnings=tuple(warnings),
     )
 

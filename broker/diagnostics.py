@@ -132,25 +132,10 @@ def cache_state(provider: Provider, now: float) -> dict[str, Any]:
 
 
 def fleet_state(broker: Broker, provider: str) -> dict[str, Any]:
-    """FLEET HOOK: the fleet token cache's state for one provider, or ``off``.
-
-    The fleet cache (broker/fleet/, issue 14) hangs off ``Broker.fleet`` when BROKER_FLEET_CACHE_URL is set.
-    A fleet object may offer ``diagnostics(provider) -> Mapping`` with its own detail (never a key or a
-    token); without it, the per-provider layer's circuit tells degraded from healthy.
-    """
-    fleet = getattr(broker, "fleet", None)
-    if fleet is None:
+    """The fleet token cache's state for one provider (:meth:`broker.fleet.Fleet.diagnostics`), or ``off``."""
+    if broker.fleet is None:
         return {"state": "off", "summary": "off (BROKER_FLEET_CACHE_URL is not set)"}
-    detail = getattr(fleet, "diagnostics", None)
-    if callable(detail):
-        found = dict(detail(provider))
-        found.setdefault("summary", str(found.get("state", "on")))
-        return found
-    layer = getattr(fleet, "layers", {}).get(provider)
-    circuit = getattr(layer, "circuit", None) or getattr(layer, "_circuit", None)
-    degraded = getattr(circuit, "degraded", None)
-    state = "degraded" if degraded else "on" if degraded is not None else "on (no detail)"
-    return {"state": state.split(" ")[0], "summary": state}
+    return dict(broker.fleet.diagnostics(provider))
 
 
 def instance_state(env: Mapping[str, str]) -> dict[str, Any]:

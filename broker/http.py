@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from broker.cache import Served
 from broker.caller_auth import ANY_CALLER, APPLICATIONS_ONLY, LOCAL_DEVELOPER, Accepts, Caller
 from broker.config import PROVIDER_NAME
 from broker.diagnostics import Diagnostics
@@ -92,6 +93,13 @@ def token_body(token: Token, now: float) -> dict[str, Any]:
         "expires_in": max(0, int(token.remaining(now))),
         "expires_on": int(token.expires_at),
     }
+
+
+def token_origin(served: Served) -> str:
+    """The access line's ``origin``: this instance's cache, the fleet cache, or this instance's token request."""
+    if served.outcome in ("hit", "stale"):
+        return "instance"
+    return served.token.origin
 
 
 def error_response(error: BrokerError, request_id: str) -> JSONResponse:
@@ -398,6 +406,7 @@ async def token(broker: Broker, request: Request, access: Access) -> Response:
     served = await broker.token(access.caller or LOCAL_DEVELOPER, name, min_validity=min_validity, force=force)
     now = broker.clock()
     access.outcome = served.outcome
+    access.fields["origin"] = token_origin(served)
     access.fields["token"] = served.token.access_token.fingerprint()
     broker.telemetry.token_served(name, served, now)
     response: Response = JSONResponse(token_body(served.token, now))
@@ -508,7 +517,8 @@ TOKEN = Route(
     path=_TOKEN_PATH,
     methods=("GET", "POST"),
     handler=token,
-    line=(("outcome", "-"), ("token", "-")),
+    # origin: where the token came from (instance, fleet, fetch; "-" for none), see token_origin.
+    line=(("outcome", "-"), ("origin", "-"), ("token", "-")),
     observe=_token_failed,
 )
 PROXY = Route(
@@ -535,7 +545,7 @@ NOT_FOUND = Route(
     methods=(),
     handler=not_found,
     accepts=ANY_CALLER,
-    line=(("outcome", "-"), ("token", "-")),
+    line=(("outcome", "-"), ("origin", "-"), ("token", "-")),
 )
 DIAGNOSTICS = Route(
     kind="diagnostics",

@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 
-from broker.cache import Served, TokenCache
+from broker.cache import Fetch, Served, TokenCache
 from broker.caller_auth import LOCAL_DEVELOPER, Caller, CallerAuthenticator, SigningKeys, authorize
 from broker.config import ProviderConfig, Settings
 from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import NotFound, TokenRouteDisabled
+from broker.fleet import Fleet
 from broker.httpclient import SharedClient
+from broker.identity import SingleFlightCredential
 from broker.proxy import ProviderProxy, build_client
 from broker.secrets import SecretStore, build_secret_store
 from broker.source import KEY_VAULT_BUDGET_S, TokenSource
@@ -63,11 +65,24 @@ class Broker:
         self.http = SharedClient(o.http)
         client_options = {} if settings.key_vault_verify_challenge else {"verify_challenge_resource": False}
         client_options.update(o.secret_client_options or {})
+        # One managed-identity credential for Key Vault and the fleet cache's storage.
+        self.credential = SingleFlightCredential(settings.managed_identity_client_id)
         self.secrets = o.secret_store or build_secret_store(
             vault_url=settings.key_vault_url,
             identity_client_id=settings.managed_identity_client_id,
             client_options=client_options,
+            credential=self.credential,
         )
+        self.fleet: Fleet | None = None
+        if settings.fleet is not None:
+            self.fleet = Fleet(
+                settings.fleet,
+                credential=self.credential,
+                event=self.telemetry.fleet_event,
+                clock=o.clock,
+                monotonic=o.monotonic,
+                sleep=o.sleep,
+            )
         self.providers: dict[str, Provider] = {}
         for name, config in settings.providers.items():
             endpoint = TokenEndpoint(
@@ -78,14 +93,19 @@ class Broker:
                 clock=o.clock,
                 sleep=o.sleep,
             )
+            secrets = self.telemetry.instrument_secrets(self.secrets, name)
             source = TokenSource(
                 config,
-                self.telemetry.instrument_secrets(self.secrets, name),
+                secrets,
                 self.telemetry.instrument_endpoint(endpoint, name),
                 budget_s=settings.token_budget_s + KEY_VAULT_BUDGET_S,
                 clock=o.clock,
             )
-            self.providers[name] = Provider(config, source, TokenCache(source.fetch, clock=o.clock))
+            fetch: Fetch = source.fetch
+            if self.fleet is not None:
+                # The fleet layer between the in-process cache and the source (broker.fleet).
+                fetch = self.fleet.wrap(config, fetch, secrets)
+            self.providers[name] = Provider(config, source, TokenCache(fetch, clock=o.clock))
         # Proxy mode: its own client (cookies never kept, the proxy timeout), only if a provider needs it.
         self.proxy_http: SharedClient | None = None
         self.proxies: dict[str, ProviderProxy] = {}
@@ -156,5 +176,7 @@ class Broker:
         """Close the shared clients. Only the process's owner calls this, once, at a real shutdown
         (``serve`` after uvicorn stops); no request or ASGI lifespan message does."""
         await self.http.aclose()
+        if self.fleet is not None:
+            self.fleet.close()
         if self.proxy_http is not None:
             await self.proxy_http.aclose()

@@ -39,6 +39,7 @@ from broker.errors import (
     SecretNotFound,
     SecretStoreUnavailable,
 )
+from broker.identity import SingleFlightCredential
 from broker.retry_after import parse_retry_after
 from broker.tokens import Secret, fingerprint
 
@@ -184,6 +185,7 @@ class KeyVaultSecretStore:
         identity_client_id: str | None,
         client: SecretClientLike | None = None,
         client_options: Mapping[str, Any] | None = None,
+        credential: Any = None,
     ) -> None:
         self.location = f"Key Vault {vault_url}"
         self._vault_url = vault_url
@@ -191,13 +193,17 @@ class KeyVaultSecretStore:
         self._identity = identity_client_id or "(system-assigned or developer credential)"
         self._built = client
         self._options = dict(client_options or {})
+        # One credential for every read: concurrent reads share one managed-identity token request.
+        self._credential = credential or SingleFlightCredential(identity_client_id)
         self._build_lock = threading.Lock()
 
     @property
     def _client(self) -> SecretClientLike:
         with self._build_lock:
             if self._built is None:
-                self._built = secret_client(self._vault_url, self._identity_client_id, **self._options)
+                self._built = secret_client(
+                    self._vault_url, self._identity_client_id, credential=self._credential, **self._options
+                )
             return self._built
 
     async def read(self, name: str, version: str | None = None) -> SecretValue:
@@ -365,27 +371,27 @@ def build_secret_store(
     vault_url: str | None,
     identity_client_id: str | None,
     client_options: Mapping[str, Any] | None = None,
+    credential: Any = None,
 ) -> SecretStore:
     """Key Vault when a vault URL is configured, else the environment."""
     if vault_url is None:
         return EnvironmentSecretStore()
     return KeyVaultSecretStore(
-        vault_url=vault_url, identity_client_id=identity_client_id, client_options=client_options
+        vault_url=vault_url, identity_client_id=identity_client_id, client_options=client_options, credential=credential
     )
 
 
-def secret_client(vault_url: str, identity_client_id: str | None, **options: Any) -> SecretClientLike:
-    """The SecretClient the broker uses; ``options`` override its keyword arguments (tests)."""
-    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+def secret_client(
+    vault_url: str, identity_client_id: str | None, *, credential: Any = None, **options: Any
+) -> SecretClientLike:
+    """The SecretClient the broker uses; ``options`` override its keyword arguments (tests).
+
+    The credential: the one given (the process's shared one), else :func:`broker.identity.build_credential`'s rule.
+    """
     from azure.keyvault.secrets import SecretClient
 
-    credential: Any
-    if os.environ.get("IDENTITY_ENDPOINT"):
-        # In App Service / Functions: the managed identity and nothing else, so a failure says so
-        # instead of falling through to developer credentials.
-        credential = ManagedIdentityCredential(client_id=identity_client_id)
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=identity_client_id)
+    if credential is None:
+        credential = SingleFlightCredential(identity_client_id)
     # Explicit timeouts and a short retry: the whole token request must fit ADF's 60 s.
     kwargs: dict[str, Any] = {
         "connection_timeout": 3,

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from broker.cache import Want
 from broker.config import ProviderConfig
 from broker.endpoint import UNAVAILABLE_RETRY_AFTER_S, TokenEndpoint
 from broker.errors import SecretStoreUnavailable, TokenRejected, UpstreamTimeout
@@ -72,8 +73,10 @@ class TokenSource:
         self._rejected: dict[tuple[str, str], _Rejection] = {}
         self._last_reread = float("-inf")
 
-    async def fetch(self) -> Token:
-        """A fresh token; the whole fetch, rotation fallbacks included, stays within the budget."""
+    async def fetch(self, want: Want | None = None) -> Token:
+        """A fresh token; the whole fetch, rotation fallbacks included, stays within the budget.
+
+        Any ``want`` is met by a fresh token, so this layer ignores it."""
         try:
             async with asyncio.timeout(self._budget_s):
                 return await self._fetch()

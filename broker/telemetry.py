@@ -61,6 +61,9 @@ class Telemetry:
         self.proxy_busy = meter.create_counter(
             "broker.proxy.busy", description="Proxied requests refused with 503 proxy_busy (no slot in time)"
         )
+        self.fleet_events = meter.create_counter(
+            "broker.fleet.events", description="Fleet token cache events by provider and event"
+        )
         self.remaining = meter.create_histogram(
             "broker.token.remaining_lifetime", unit="s", description="Remaining token lifetime when served"
         )
@@ -69,6 +72,10 @@ class Telemetry:
         outcome = served.outcome
         self.served.add(1, {"provider": provider, "outcome": outcome})
         self.remaining.record(max(0.0, served.token.remaining(now)), {"provider": provider, "outcome": outcome})
+
+    def fleet_event(self, provider: str, event: str) -> None:
+        """hit, miss, lease_won, lease_lost, wait, fallback or decrypt_failure (docs/operations.md)."""
+        self.fleet_events.add(1, {"provider": provider, "event": event})
 
     def token_failed(self, provider: str, error: BrokerError) -> None:
         self.served.add(1, {"provider": provider, "outcome": error.code})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 class Secret:
@@ -58,6 +59,8 @@ class Token:
     expires_at: float
     token_type: str = "Bearer"
     credential_versions: tuple[str, ...] = field(default=(), compare=False)
+    # Where this process got it: its own token request, or the fleet cache (another instance's request).
+    origin: Literal["fetch", "fleet"] = field(default="fetch", compare=False)
 
     @property
     def lifetime(self) -> float:

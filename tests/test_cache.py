@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.cache import FAILURE_HOLD_S, FORCE_INTERVAL_S, TokenCache, refresh_threshold
+from broker.cache import FAILURE_HOLD_S, FORCE_INTERVAL_S, TokenCache, Want, refresh_threshold
 from broker.errors import BrokerError, UpstreamUnavailable
 from broker.tokens import Secret, Token
 
@@ -31,7 +31,7 @@ class Upstream:
         self.calls = 0
         self.fail: BrokerError | None = None
 
-    async def __call__(self) -> Token:
+    async def __call__(self, want: Want | None = None) -> Token:
         self.calls += 1
         sent = self.clock()
         if self.delay:
@@ -218,7 +218,7 @@ async def test_an_unexpected_fetch_failure_is_held_like_any_other(clock: Clock) 
 
     calls = 0
 
-    async def broken() -> Token:
+    async def broken(want: Want) -> Token:
         nonlocal calls
         calls += 1
         raise KeyError("bug")

@@ -116,35 +116,11 @@ def stack_options(stack: Stack) -> dict[str, object]:
     return {"connection_verify": stack.servers.pki.ca, "verify_challenge_resource": False, "retry_total": 1}
 
 
-class _Circuit:
-    def __init__(self, degraded: bool) -> None:
-        self.degraded = degraded
-
-
-class _Layer:
-    def __init__(self, degraded: bool) -> None:
-        self.circuit = _Circuit(degraded)
-
-
-class _Fleet:
-    """The two shapes the fleet hook reads (broker/fleet/ is another branch's room): per-provider layers with a
-    circuit, or a diagnostics(provider) method of the fleet's own."""
-
-    def __init__(self, degraded: bool, detail: dict[str, str] | None = None) -> None:
-        self.layers = {"ilevel": _Layer(degraded)}
-        if detail is not None:
-            self.diagnostics = lambda provider: {**detail, "provider": provider}
-
-
-def test_the_fleet_hook_reports_off_degraded_healthy_or_the_fleets_own_detail(stack: Stack) -> None:
-    """FLEET HOOK: no Broker.fleet is off; a fleet layer's open circuit is degraded; a fleet's own detail wins."""
+def test_the_fleet_state_is_off_without_a_fleet_cache(stack: Stack) -> None:
+    """No BROKER_FLEET_CACHE_URL: the report says the fleet cache is off and names the setting."""
     from broker.diagnostics import fleet_state
 
-    broker = stack.broker()
-    assert fleet_state(broker, "ilevel")["state"] == "off"
-    broker.fleet = _Fleet(degraded=True)  # type: ignore[attr-defined]
-    assert fleet_state(broker, "ilevel")["state"] == "degraded"
-    broker.fleet = _Fleet(degraded=False)  # type: ignore[attr-defined]
-    assert fleet_state(broker, "ilevel")["state"] == "on"
-    broker.fleet = _Fleet(degraded=False, detail={"state": "on", "summary": "on, record fresh"})  # type: ignore[attr-defined]
-    assert fleet_state(broker, "ilevel") == {"state": "on", "summary": "on, record fresh", "provider": "ilevel"}
+    assert fleet_state(stack.broker(), "ilevel") == {
+        "state": "off",
+        "summary": "off (BROKER_FLEET_CACHE_URL is not set)",
+    }

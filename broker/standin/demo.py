@@ -22,7 +22,7 @@ import sys
 
 import uvicorn
 
-from broker.config import load_settings, local_secret_variable, log_warnings
+from broker.config import DEFAULT_FLEET_KEY_SECRET, load_settings, local_secret_variable, log_warnings
 from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, server_config
@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         {
             local_secret_variable("ilevel-client-id"): client_id,
             local_secret_variable("ilevel-client-secret"): client_secret,
+            # The fleet cache's key (used only if BROKER_FLEET_CACHE_CONNECTION_STRING points at an Azurite).
+            local_secret_variable(DEFAULT_FLEET_KEY_SECRET): secrets.token_urlsafe(48),
             "AZURE_AUTHORITY_HOST": entra_server.url,
             "BROKER_TENANT_ID": entra.tenant_id,
             "BROKER_AUDIENCE": AUDIENCE,

@@ -27,6 +27,8 @@ PLACEHOLDERS = {
     "BROKER_AUDIENCE": "api://22222222-2222-2222-2222-222222222222/ilevel-token-broker-dev,33333333-3333-3333-3333-333333333333",
     # The plan's instanceMemoryMB, a whole number of MB (the default Flex instance).
     "BROKER_INSTANCE_MEMORY_MB": "2048",
+    # The storage account's blob endpoint plus the container name (broker.config checks its shape).
+    "BROKER_FLEET_CACHE_URL": "https://stplaceholder.blob.core.windows.net/broker-tokens",
 }
 # An azd environment with two providers and every per-provider value an operator can set.
 TWO_PROVIDERS = {

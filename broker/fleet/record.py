@@ -1,0 +1,180 @@
+"""What one blob holds: the provider's token and the fleet's shared state, sealed with AES-256-GCM.
+
+The blob is a small JSON envelope: the format version, the key version and, base64, the nonce
+and the ciphertext. Everything an instance acts on (the token, backoff-until and its reason,
+the last forced refresh, the writer) is inside the ciphertext, because blob metadata and the
+envelope are not authenticated: a forged backoff-until there could stall the fleet. The
+associated data binds the blob name, the format version and the key version, so a blob
+copied under another provider's name, or relabelled with another key version, fails to open.
+
+The AES key is derived with HKDF-SHA256 from the Key Vault secret named by
+``BROKER_FLEET_CACHE_KEY_SECRET``; the secret's version is the key version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from broker.tokens import Secret, Token
+
+FORMAT_VERSION = 1
+# HKDF's info names the format, so a future format derives a different key from the same secret.
+HKDF_INFO = b"ilevel-token-broker fleet cache format 1"
+# The key secret is "any string with at least 256 bits of entropy": infra builds it from three GUIDs
+# (over 300 random bits); 32 characters is the least that can carry 256 bits of base64-like text.
+MIN_KEY_CHARS = 32
+NONCE_BYTES = 12
+# A blob is a few hundred bytes; anything much larger is not ours.
+MAX_BLOB_BYTES = 64 * 1024
+
+
+class RecordInvalid(Exception):  # noqa: N818 - a miss with a reason, never a caller's error
+    """The blob could not be opened: tampered, copied, another format or an unknown key."""
+
+    def __init__(self, reason: str, key_version: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.key_version = key_version
+
+
+def blob_name(provider: str, token_url: str, client_id: str) -> str:
+    """One blob per provider, token URL and client id: a changed client id or URL never reads the old token.
+
+    The client id enters as a fingerprint (part of a SHA-256), never as itself.
+    """
+    client = hashlib.sha256(client_id.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(f"{provider}\n{token_url}\n{client}".encode()).hexdigest()[:40]
+    return f"v{FORMAT_VERSION}/{provider}/{digest}"
+
+
+def derive_key(secret: Secret) -> bytes:
+    """The AES-256 key from the Key Vault secret's value (HKDF-SHA256, fixed info)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(secret.reveal().encode())
+
+
+def associated_data(name: str, key_version: str) -> bytes:
+    return f"{name}|format={FORMAT_VERSION}|key={key_version}".encode()
+
+
+@dataclass(frozen=True)
+class Record:
+    """The fleet's state for one provider. Times are the broker clock's (epoch seconds)."""
+
+    token: Token | None = None
+    backoff_until: float = 0.0
+    backoff_reason: str = ""
+    last_forced: float = float("-inf")
+    writer: str = ""
+    written_at: float = 0.0
+
+    def backoff_left(self, now: float) -> float:
+        return max(0.0, self.backoff_until - now)
+
+
+def _plain(record: Record) -> bytes:
+    token = record.token
+    body: dict[str, Any] = {
+        "token": None
+        if token is None
+        else {
+            "access_token": token.access_token.reveal(),
+            "token_type": token.token_type,
+            "obtained_at": token.obtained_at,
+            "expires_at": token.expires_at,
+            "credential_versions": list(token.credential_versions),
+        },
+        "backoff_until": record.backoff_until,
+        "backoff_reason": record.backoff_reason,
+        "last_forced": record.last_forced if record.last_forced != float("-inf") else None,
+        "writer": record.writer,
+        "written_at": record.written_at,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _from_plain(data: bytes) -> Record:
+    try:
+        body = json.loads(data)
+        raw = body["token"]
+        token = None
+        if raw is not None:
+            token = Token(
+                access_token=Secret(str(raw["access_token"])),
+                obtained_at=float(raw["obtained_at"]),
+                expires_at=float(raw["expires_at"]),
+                token_type=str(raw["token_type"]),
+                credential_versions=tuple(str(v) for v in raw.get("credential_versions", ())),
+                origin="fleet",
+            )
+        forced = body.get("last_forced")
+        return Record(
+            token=token,
+            backoff_until=float(body.get("backoff_until") or 0.0),
+            backoff_reason=str(body.get("backoff_reason") or "")[:200],
+            last_forced=float("-inf") if forced is None else float(forced),
+            writer=str(body.get("writer") or "")[:100],
+            written_at=float(body.get("written_at") or 0.0),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordInvalid(f"the decrypted record is malformed ({type(exc).__name__})") from None
+
+
+def seal(record: Record, *, name: str, key: bytes, key_version: str) -> bytes:
+    """The blob's bytes: a fresh nonce per write, the AAD binding name, format and key version."""
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(key).encrypt(nonce, _plain(record), associated_data(name, key_version))
+    envelope = {
+        "format": FORMAT_VERSION,
+        "key_version": key_version,
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(sealed).decode(),
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def key_version_of(blob: bytes) -> str:
+    """The key version the envelope names (a hint until the record opens with it)."""
+    return _envelope(blob)[0]
+
+
+def _envelope(blob: bytes) -> tuple[str, bytes, bytes]:
+    if len(blob) > MAX_BLOB_BYTES:
+        raise RecordInvalid("the blob is larger than any record")
+    try:
+        envelope = json.loads(blob)
+        if envelope.get("format") != FORMAT_VERSION:
+            raise RecordInvalid(f"unknown format {str(envelope.get('format'))[:10]!r}")
+        version = envelope["key_version"]
+        if not isinstance(version, str) or not version or len(version) > 64:
+            raise RecordInvalid("the key version is missing or malformed")
+        nonce = base64.b64decode(envelope["nonce"], validate=True)
+        sealed = base64.b64decode(envelope["ciphertext"], validate=True)
+    except RecordInvalid:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordInvalid(f"the envelope is malformed ({type(exc).__name__})") from None
+    if len(nonce) != NONCE_BYTES:
+        raise RecordInvalid("the nonce is malformed")
+    return version, nonce, sealed
+
+
+def open_record(blob: bytes, *, name: str, key: bytes) -> Record:
+    """The record in ``blob``, which must have been sealed for ``name`` with ``key``; else RecordInvalid."""
+    version, nonce, sealed = _envelope(blob)
+    try:
+        plain = AESGCM(key).decrypt(nonce, sealed, associated_data(name, version))
+    except InvalidTag:
+        raise RecordInvalid(
+            "it failed authentication (tampered, copied from another blob, or another key)", version
+        ) from None
+    return _from_plain(plain)
