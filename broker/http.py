@@ -19,6 +19,7 @@ otherwise ignored: the broker belongs to the process, and its owner closes it (s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -586,6 +587,12 @@ async def _proxied_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+async def _wait_for_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 class ResponseAborted(Exception):
     """A proxied answer failed after its status was sent: the host aborts it (serve closes the
     connection; the Functions worker fails the invocation), so the caller never takes it as whole."""
@@ -614,11 +621,18 @@ class _Proxied(Response):
                 body, self._head = b"".join(self._head), []
                 await send({"type": "http.response.body", "body": body, "more_body": False})
                 return
+            # A caller that goes away frees its slot at once: uvicorn's send() then returns silently,
+            # so without this the rest of the upstream body would be read for nobody.
+            gone = asyncio.Event()
+            watcher = asyncio.create_task(_wait_for_disconnect(receive, gone))
             try:
                 for chunk in self._head:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._head = []
                 async for chunk in forwarded.body:
+                    if gone.is_set():
+                        access.fields["body"] = "abandoned"
+                        return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except BrokerError as error:
                 access.fields["body"] = "truncated"
@@ -632,6 +646,8 @@ class _Proxied(Response):
                     error.description,
                 )
                 raise ResponseAborted(f"proxied answer aborted mid-body: {error.code}") from None
+            finally:
+                watcher.cancel()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             access.fields["bytes"] = forwarded.sent

@@ -225,3 +225,20 @@ async def test_a_proxy_that_cannot_fit_the_instance_answers_503_broker_misconfig
             assert (response.status_code, response.json()["error"]) == (503, "broker_misconfigured")
             assert "BROKER_INSTANCE_MEMORY_MB" in response.json()["error_description"]
     assert data_api.requests == []
+
+
+@pytest.mark.parametrize("host", ["serve"])
+async def test_a_caller_that_goes_away_mid_body_frees_its_slot_at_once(rig: Rig, stack: Stack) -> None:
+    """serve streams: when the caller disconnects, the broker stops reading upstream and frees the slot."""
+    async with rig.open(BROKER_ILEVEL_PROXY_CONCURRENCY="1", BROKER_PROXY_SLOT_WAIT_SECONDS="5") as api:
+        caller = {"Authorization": f"Bearer {stack.caller()}"}
+        url = f"/api/proxy/ilevel/large?bytes={2 * 1024 * MIB}&length=0"
+        async with api.client.stream("GET", url, headers=caller) as response:
+            assert response.status_code == 200
+            async for _ in response.aiter_raw():
+                break
+        started = time.perf_counter()
+        after = await api.client.get("/api/proxy/ilevel/entities/assets", headers=caller)
+        # Reading the rest of 2 GiB for nobody would hold the one slot far past the 5 s wait: 503.
+        assert after.status_code == 200
+        assert time.perf_counter() - started < 5
