@@ -18,7 +18,6 @@ import base64
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,6 +86,18 @@ def _serve_rss_growth(process: subprocess.Popen[bytes], url: str, caller: str, *
     return _peak_rss_bytes(process) - before
 
 
+# Prints one /api/health latency (ms) per line, every 10 ms, until its stdin closes or it is killed.
+HEALTH_SAMPLER = """
+import sys, time, httpx
+with httpx.Client(base_url=sys.argv[1], timeout=30) as client:
+    for _ in range(int(sys.argv[2])):
+        started = time.perf_counter()
+        client.get("/api/health").raise_for_status()
+        print((time.perf_counter() - started) * 1000, flush=True)
+        time.sleep(0.01)
+"""
+
+
 def _health_p99_ms(base: str, *, while_fetching: list[str], caller: str, samples: int = 200) -> float:
     """/api/health p99 (ms) over ``samples`` sequential requests, while ``while_fetching`` URLs stream in threads."""
     stop = threading.Event()
@@ -99,13 +110,24 @@ def _health_p99_ms(base: str, *, while_fetching: list[str], caller: str, samples
     threads = [threading.Thread(target=fetch, args=(url,)) for url in while_fetching]
     for thread in threads:
         thread.start()
+    # Sampled from a child process: the downloads (and the stand-in API) run in this process's threads,
+    # whose GIL would otherwise slow the sampler itself and be counted against the broker.
+    sampler = subprocess.Popen(
+        [sys.executable, "-c", HEALTH_SAMPLER, base, str(samples)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+    )
+    assert sampler.stdout is not None
+    assert sampler.stdin is not None
     latencies: list[float] = []
-    with httpx.Client(base_url=base, timeout=30) as client:
-        while len(latencies) < samples and (not threads or any(t.is_alive() for t in threads)):
-            started = time.perf_counter()
-            client.get("/api/health").raise_for_status()
-            latencies.append((time.perf_counter() - started) * 1000)
-            time.sleep(0.01)
+    while len(latencies) < samples and (not threads or any(t.is_alive() for t in threads)):
+        line = sampler.stdout.readline()
+        if not line:
+            break
+        latencies.append(float(line))
+    sampler.stdin.close()
+    sampler.kill()
+    sampler.wait()
     stop.set()
     for thread in threads:
         thread.join()
