@@ -54,7 +54,7 @@ DEFAULT_PROXY_MAX_RESPONSE_MB = 32
 DEFAULT_PROXY_CONCURRENCY = 8
 # How long a proxied request may wait for a free upstream slot before 503 proxy_busy (ADF retries 503).
 DEFAULT_PROXY_SLOT_WAIT_S = 10.0
-MAX_PROXY_SLOT_WAIT_S = 50
+MAX_PROXY_SLOT_WAIT_S = 30
 # ADF's Web activity times out after 60 s by default; a whole token request,
 # retries included, must finish well inside it, leaving room for Key Vault reads.
 DEFAULT_TOKEN_BUDGET_S = 25.0

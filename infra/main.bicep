@@ -85,6 +85,9 @@ param proxyTimeoutSeconds string = ''
 @description('BROKER_PROXY_MAX_RESPONSE_MB: largest proxied response, in MiB (1-1024, docs/reference.md). Empty: the broker\'s default.')
 param proxyMaxResponseMb string = ''
 
+@description('BROKER_PROXY_SLOT_WAIT_SECONDS: seconds a proxied request waits for an upstream slot before 503 proxy_busy (0-30, docs/reference.md). Empty: the broker\'s default.')
+param proxySlotWaitSeconds string = ''
+
 @description('BROKER_TOKEN_BUDGET_SECONDS: seconds a whole token request may take, retries included (1-50, docs/reference.md). Empty: the broker\'s default.')
 param tokenBudgetSeconds string = ''
 
@@ -264,6 +267,7 @@ module broker './app/broker.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     proxyTimeoutSeconds: proxyTimeoutSeconds
     proxyMaxResponseMb: proxyMaxResponseMb
+    proxySlotWaitSeconds: proxySlotWaitSeconds
     tokenBudgetSeconds: tokenBudgetSeconds
     enableAppServiceAuth: enableAppServiceAuth
     callerApplicationIds: callerApplicationIds

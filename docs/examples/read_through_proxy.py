@@ -23,8 +23,9 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential
 
-# Above the broker's BROKER_PROXY_TIMEOUT_SECONDS (at most 160 s): a slow upstream arrives as the broker's 504.
-TIMEOUT_S = 180.0
+# Above the broker's longest proxied request (a slot wait of at most 30 s, then BROKER_PROXY_TIMEOUT_SECONDS of at
+# most 160 s): a slow upstream arrives as the broker's 503 or 504, not as a connection the client gave up on.
+TIMEOUT_S = 200.0
 
 
 class ProxyError(RuntimeError):

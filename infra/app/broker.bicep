@@ -42,6 +42,9 @@ param proxyTimeoutSeconds string
 @description('BROKER_PROXY_MAX_RESPONSE_MB, or empty for the broker\'s default.')
 param proxyMaxResponseMb string
 
+@description('BROKER_PROXY_SLOT_WAIT_SECONDS, or empty for the broker\'s default.')
+param proxySlotWaitSeconds string
+
 @description('BROKER_TOKEN_BUDGET_SECONDS, or empty for the broker\'s default.')
 param tokenBudgetSeconds string
 
@@ -89,6 +92,7 @@ var appSettings = {
 var operatorSettings = {
   BROKER_PROXY_TIMEOUT_SECONDS: trim(proxyTimeoutSeconds)
   BROKER_PROXY_MAX_RESPONSE_MB: trim(proxyMaxResponseMb)
+  BROKER_PROXY_SLOT_WAIT_SECONDS: trim(proxySlotWaitSeconds)
   BROKER_TOKEN_BUDGET_SECONDS: trim(tokenBudgetSeconds)
 }
 // --- settings through azd: end ---

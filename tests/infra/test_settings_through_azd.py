@@ -37,8 +37,6 @@ NOT_THROUGH_AZD = {
     "BROKER_INSECURE_DISABLE_CALLER_AUTH": "local runs only; refused in Azure",
     "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "tests against a local vault only",
     "BROKER_FLEET_CACHE_CONNECTION_STRING": "Azurite only; refused unless its endpoint is on loopback",
-    # Until the infra gives it a Bicep parameter like BROKER_PROXY_TIMEOUT_SECONDS's.
-    "BROKER_PROXY_SLOT_WAIT_SECONDS": "its default (10 s) suits ADF's retries; an operator may set the app setting",
 }
 # A value per setting suffix that the hook accepts.
 SAMPLE = {"TOKEN_URL": "https://login.my-api.example/oauth2/token", "PROXY_CONCURRENCY": "3"}
