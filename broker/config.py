@@ -543,6 +543,11 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
 # - Functions entry point: the bridge joins the whole answer, so a proxied body costs up to
 #   this many times its size (the bridge's chunk list, then its join); the broker adds no copy.
 FUNCTIONS_BODY_FACTOR = 2.0
+# - ...and Microsoft's worker (4.34.0, run from source with its gRPC mock host) copies the joined
+#   answer again into its response data, its response message and the serialised gRPC frame: one
+#   answer peaked at 6x its size (2 + 4), while 8 concurrent answers peaked at 2.1x their sum, so
+#   those four copies are counted once, for the largest answer, not per slot.
+WORKER_SEND_FACTOR = 4.0
 # - serve: the body streams; a proxied request holds a few chunks whatever the body's size.
 SERVE_REQUEST_MB = 8
 # The broker's own RSS before any proxied body (interpreter, SDKs, the Functions worker), rounded up.
@@ -552,10 +557,12 @@ BASELINE_MB = 256
 def proxy_worst_case_mb(
     providers: Mapping[str, ProviderConfig], max_response_mb: int, *, functions_host: bool
 ) -> float:
-    """Σ over proxy providers of concurrency × per-request cost, plus the baseline."""
-    per_request = max_response_mb * FUNCTIONS_BODY_FACTOR if functions_host else SERVE_REQUEST_MB
+    """Σ over proxy providers of concurrency × per-request cost, the worker's send copies, and the baseline."""
     slots = sum(p.proxy_concurrency for p in providers.values() if p.proxy_enabled)
-    return slots * per_request + BASELINE_MB
+    if not functions_host:
+        return slots * SERVE_REQUEST_MB + BASELINE_MB
+    sending = max_response_mb * WORKER_SEND_FACTOR if slots else 0.0
+    return slots * max_response_mb * FUNCTIONS_BODY_FACTOR + sending + BASELINE_MB
 
 
 def check_memory_budget(
@@ -568,7 +575,11 @@ def check_memory_budget(
     concurrency = ", ".join(
         f"{p.setting('PROXY_CONCURRENCY')}={p.proxy_concurrency}" for p in providers.values() if p.proxy_enabled
     )
-    host = "the Functions host holds each body twice" if functions_host else "each streamed request holds a few chunks"
+    host = (
+        "the Functions bridge holds each body twice and the worker copies the largest four more times"
+        if functions_host
+        else "each streamed request holds a few chunks"
+    )
     raise ConfigError(
         "BROKER_INSTANCE_MEMORY_MB",
         f"is {memory_mb} MB, which cannot hold the proxy's worst case of {worst:.0f} MB ({concurrency} at once, "

@@ -88,10 +88,10 @@ PROXY = {**BASE, "BROKER_ILEVEL_MODE": "proxy"}
 
 
 def test_the_default_proxy_fits_a_2048_mb_instance_with_room_on_either_host() -> None:
-    """8 slots x 32 MiB x 2 (Functions) + 256 MB = 768 MB: a little over a third of 2,048 MB."""
+    """8 slots x 32 MiB x 2 + 4 x 32 MiB (the worker's send) + 256 MB = 896 MB (Functions): under half of 2,048 MB."""
     for functions_host in (True, False):
         load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "2048"}, functions_host=functions_host)
-    load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "768"}, functions_host=True)
+    load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "896"}, functions_host=True)
 
 
 def test_a_proxy_worst_case_over_the_instance_memory_refuses_to_start_naming_the_settings() -> None:
@@ -101,10 +101,18 @@ def test_a_proxy_worst_case_over_the_instance_memory_refuses_to_start_naming_the
             {**PROXY, "BROKER_INSTANCE_MEMORY_MB": "2048", "BROKER_PROXY_MAX_RESPONSE_MB": "200"}, functions_host=True
         )
     assert refused.value.setting == "BROKER_INSTANCE_MEMORY_MB"
-    for named in ("BROKER_PROXY_MAX_RESPONSE_MB=200", "BROKER_ILEVEL_PROXY_CONCURRENCY=8", "3456 MB"):
+    for named in ("BROKER_PROXY_MAX_RESPONSE_MB=200", "BROKER_ILEVEL_PROXY_CONCURRENCY=8", "4256 MB"):
         assert named in str(refused.value)
     with pytest.raises(ConfigError):
-        load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "767"}, functions_host=True)
+        load_settings({**PROXY, "BROKER_INSTANCE_MEMORY_MB": "895"}, functions_host=True)
+
+
+def test_one_slot_still_counts_the_workers_copies_of_the_largest_answer() -> None:
+    """1 slot x 256 MiB x 2 + 4 x 256 MiB + 256 MB = 1,792 MB: the worker's copies made one 200 MiB page peak at 6x."""
+    one = {**PROXY, "BROKER_ILEVEL_PROXY_CONCURRENCY": "1", "BROKER_PROXY_MAX_RESPONSE_MB": "256"}
+    load_settings({**one, "BROKER_INSTANCE_MEMORY_MB": "1792"}, functions_host=True)
+    with pytest.raises(ConfigError):
+        load_settings({**one, "BROKER_INSTANCE_MEMORY_MB": "1791"}, functions_host=True)
 
 
 def test_under_serve_a_streamed_request_costs_a_constant_so_the_cap_does_not_count() -> None:
@@ -128,9 +136,9 @@ def test_token_mode_providers_cost_nothing_and_every_proxy_provider_counts() -> 
         "BROKER_OTHER_MODE": "both",
         "BROKER_OTHER_ALLOWED_ROLES": "Token.Read.other",
     }
-    load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1280"}, functions_host=True)
+    load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1408"}, functions_host=True)
     with pytest.raises(ConfigError):
-        load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1279"}, functions_host=True)
+        load_settings({**two, "BROKER_INSTANCE_MEMORY_MB": "1407"}, functions_host=True)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "31"])
