@@ -94,6 +94,11 @@ async def test_concurrent_calls_join_one_run(stack: Stack) -> None:
 
 async def test_the_all_providers_answer_is_ok_only_when_every_provider_is(stack: Stack) -> None:
     """Two providers, one without its secrets: not ok, and the verdict names the provider and what to fix."""
+    for name in (
+        "other-client-id",
+        "other-client-secret",
+    ):  # the vault is the session's: another test may have set them
+        stack.kv.delete(name)
     settings = stack.settings(BROKER_PROVIDERS="ilevel,other", BROKER_OTHER_TOKEN_URL=stack.token_url)
     broker = stack.broker(settings)
     answer = await Diagnostics(broker).summary()

@@ -196,8 +196,12 @@ async def test_a_fetch_rejected_mid_rotation_rereads_key_vault_and_retries_once_
     stack.tokens.latency_s = 0.2
     async with rig_on(stack, host) as rig:
         await rig.start()
+        arrived = stack.tokens.arrived
         pending = asyncio.ensure_future(rig.get())
-        await asyncio.sleep(0.1)
+        # Rotate once the old pair's request is at the endpoint (it waits latency_s before judging it),
+        # not after a fixed pause that a loaded machine can outlast before the request is even sent.
+        while stack.tokens.arrived == arrived and not pending.done():
+            await asyncio.sleep(0.005)
         stack.tokens.accept(stack.client_id, new_secret)
         stack.tokens.revoke(stack.client_id, stack.client_secret)
         stack.kv.set_secret(SECRET, new_secret)

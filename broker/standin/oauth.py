@@ -86,6 +86,8 @@ class TokenServer(Scriptable):
         self.latency_s = latency_s
         self.signing_key = secrets.token_bytes(32)
         self.requests: list[RecordedRequest] = []
+        # Requests that have arrived, counted before latency_s passes (requests lists them once answered).
+        self.arrived = 0
         self.issued_tokens: list[str] = []
         self.faults = FaultScript()
         # When True, rejections echo the request's Authorization header and body in error_description.
@@ -128,6 +130,8 @@ class TokenServer(Scriptable):
 
     # --- HTTP -----------------------------------------------------------------------------
     async def _endpoint(self, request: Request) -> Response:
+        with self._lock:
+            self.arrived += 1
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
         headers = {key.lower(): value for key, value in request.headers.items()}
