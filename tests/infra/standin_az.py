@@ -71,5 +71,27 @@ def main() -> int:
     return code
 
 
+def install(
+    directory: Path, subscriptions: dict[str, str], *, default: str, azd_subscription: str
+) -> tuple[Path, Path]:
+    """Put this stand-in on a fresh bin folder under ``directory`` as `az`; return its state file and the folder."""
+    state = directory / "az-state.json"
+    fresh = {
+        "subscriptions": subscriptions,
+        "default": default,
+        "azd_subscription": azd_subscription,
+        "not_indexed": 0,
+        "calls": [],
+        "created": [],
+    }
+    state.write_text(json.dumps(fresh), encoding="utf-8")
+    bin_dir = directory / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "az"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).resolve()}" "$@"\n')
+    exe.chmod(0o755)
+    return state, bin_dir
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.infra import standin_az as standin_az_cli
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "infra" / "hooks"))
 sys.path.insert(0, str(Path(__file__).parent))
 import entra_app  # noqa: E402
@@ -328,25 +330,12 @@ def forbid_grants(request: Request) -> Reply | None:
 @pytest.fixture
 def standin_az(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in `az` on PATH (tests/infra/standin_az.py) whose default subscription is in another tenant."""
-    state = tmp_path / "az-state.json"
-    state.write_text(
-        json.dumps(
-            {
-                "subscriptions": {SUBSCRIPTION: AZD_TENANT, OTHER_SUBSCRIPTION: OTHER_TENANT},
-                "default": OTHER_SUBSCRIPTION,
-                "azd_subscription": SUBSCRIPTION,
-                "not_indexed": 0,
-                "calls": [],
-                "created": [],
-            }
-        ),
-        encoding="utf-8",
+    state, bin_dir = standin_az_cli.install(
+        tmp_path,
+        {SUBSCRIPTION: AZD_TENANT, OTHER_SUBSCRIPTION: OTHER_TENANT},
+        default=OTHER_SUBSCRIPTION,
+        azd_subscription=SUBSCRIPTION,
     )
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "az"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "standin_az.py"}" "$@"\n')
-    exe.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("STANDIN_AZ_STATE", str(state))
     return state

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.infra import standin_az as standin_az_cli
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "infra" / "hooks"))
 import rotation_subscription as hook  # noqa: E402
@@ -114,25 +116,12 @@ def test_a_failure_other_than_not_found_fails_at_once_with_azs_message(stderr: s
 @pytest.fixture
 def standin_az(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """PATH with a stand-in `az` whose default subscription is not azd's, and the file holding its state."""
-    state = tmp_path / "az-state.json"
-    state.write_text(
-        json.dumps(
-            {
-                "subscriptions": {AZD_SUBSCRIPTION: "tenant-a", OTHER_SUBSCRIPTION: "tenant-b"},
-                "default": OTHER_SUBSCRIPTION,
-                "azd_subscription": AZD_SUBSCRIPTION,
-                "not_indexed": 0,
-                "calls": [],
-                "created": [],
-            }
-        ),
-        encoding="utf-8",
+    state, bin_dir = standin_az_cli.install(
+        tmp_path,
+        {AZD_SUBSCRIPTION: "tenant-a", OTHER_SUBSCRIPTION: "tenant-b"},
+        default=OTHER_SUBSCRIPTION,
+        azd_subscription=AZD_SUBSCRIPTION,
     )
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "az"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "standin_az.py"}" "$@"\n')
-    exe.chmod(0o755)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "STANDIN_AZ_STATE": str(state),
