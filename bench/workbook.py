@@ -3,7 +3,11 @@
 ``python -m bench.workbook record docs/workbook-sample.jsonl`` runs the real broker (in this process,
 with a simulated clock) against the stand-ins for six simulated hours: two pipelines on the token
 route, two copy activities through the proxy route, a misconfigured pipeline and a prober, a good
-rotation, a bad one and its fix, an iLevel outage and a lost Key Vault role. Every log record of the
+rotation, a bad one and its fix, an iLevel outage and a lost Key Vault role. With Azurite installed
+(``make test`` installs it into .venv/tools/azurite) the night runs on a fleet of two broker
+instances sharing the fleet token cache (broker/fleet/), each request going to either instance, and
+the storage is down for a quarter of an hour (Azurite killed, restarted, its container recreated); without Azurite
+the recorder says so and records one instance without the fleet cache. Every log record of the
 ``broker`` loggers becomes a ``traces`` row, and every five simulated minutes the OpenTelemetry
 instruments' deltas become ``customMetrics`` rows: the rows Application Insights would hold.
 
@@ -21,6 +25,8 @@ import json
 import logging
 import random
 import re
+import secrets
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -37,10 +43,11 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, HistogramDa
 from bench.asgi import StatusRecorder, http_scope
 from bench.day import SimulatedClock
 from bench.stack import AUDIENCE, ROLE, StandIns, environment, standins
-from broker.config import load_settings
+from broker.config import DEFAULT_FLEET_KEY_SECRET, FLEET_CONTAINER, load_settings
 from broker.http import create_app
 from broker.rotation import NEW_VERSION_EVENT, check_rotation_event
 from broker.runtime import Broker, Overrides
+from broker.standin.azurite import ACCOUNT_KEY, Azurite
 from broker.standin.dataapi import DataApi
 from broker.standin.faults import Reply
 from broker.standin.serve import run_server
@@ -52,6 +59,8 @@ HOURS = 6.0
 # Midnight UTC: the recorded night starts there (simulated time; the date is arbitrary).
 START = 1796169600.0
 SERVED = ("hit", "fetched", "refreshed", "stale")
+# Broker instances sharing the fleet cache when Azurite is there (one without it).
+FLEET_INSTANCES = 2
 
 
 # --- recording -----------------------------------------------------------------------------------
@@ -125,24 +134,42 @@ async def _receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _night(servers: StandIns, api: DataApi, seed: int, stored: list[str], hours: float) -> list[Row]:
+async def _night(
+    servers: StandIns, api: DataApi, seed: int, stored: list[str], hours: float, storage: Azurite | None = None
+) -> list[Row]:
     clock = SimulatedClock(START)
-    reader = InMemoryMetricReader(
-        preferred_temporality={SdkCounter: AggregationTemporality.DELTA, SdkHistogram: AggregationTemporality.DELTA}
-    )
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
     env = {**servers.settings_env(), "BROKER_ILEVEL_MODE": "both", "BROKER_ILEVEL_API_BASE_URL": api.base_url}
+    if storage is not None:
+        # As tests/fleet/support.py does it: Azurite's connection string, a fresh cache key in the vault.
+        fleet_key = secrets.token_urlsafe(48)
+        stored.append(fleet_key)
+        servers.key_vault.set_secret(DEFAULT_FLEET_KEY_SECRET, fleet_key)
+        env["BROKER_FLEET_CACHE_CONNECTION_STRING"] = storage.connection_string
     options = {"connection_verify": servers.pki.ca, "verify_challenge_resource": False}
 
     async def no_wait(_seconds: float) -> None:
         # Retries back off in simulated time too: the next request is seconds away anyway.
         await asyncio.sleep(0)
 
-    broker = Broker(
-        load_settings(env),
-        Overrides(secret_client_options=options, clock=clock, monotonic=clock, sleep=no_wait, telemetry=telemetry),
-    )
-    app = create_app(broker)
+    # Each instance its own metrics (as each exports its own in Azure); the workbook's queries sum them.
+    readers: list[InMemoryMetricReader] = []
+    brokers: list[Broker] = []
+    for index in range(FLEET_INSTANCES if storage is not None else 1):
+        reader = InMemoryMetricReader(
+            preferred_temporality={SdkCounter: AggregationTemporality.DELTA, SdkHistogram: AggregationTemporality.DELTA}
+        )
+        telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+        # The writer each instance records in the fleet's blob (broker.fleet.instance_name).
+        with environment({"WEBSITE_INSTANCE_ID": f"night-{index}"}):
+            broker = Broker(
+                load_settings(env),
+                Overrides(
+                    secret_client_options=options, clock=clock, monotonic=clock, sleep=no_wait, telemetry=telemetry
+                ),
+            )
+        readers.append(reader)
+        brokers.append(broker)
+    apps = [create_app(broker) for broker in brokers]
     traces = TraceRows(clock)
     rng = random.Random(seed)
     token_a = Caller(servers, "/api/token/ilevel")
@@ -155,7 +182,7 @@ async def _night(servers: StandIns, api: DataApi, seed: int, stored: list[str], 
     prober = Caller(servers, "/api/token/ilevel", token=False)
     send = StatusRecorder()
     rows: list[Row] = []
-    events = _script(servers, broker, stored)
+    events = _script(servers, brokers[0], stored, storage)
     logger = logging.getLogger("broker")
     logger.addHandler(traces)
     previous_level = logger.level
@@ -172,32 +199,37 @@ async def _night(servers: StandIns, api: DataApi, seed: int, stored: list[str], 
             weights = [(token_a, 6), (token_b, 3), (copy_c, 4), (copy_d, 2), (missing, 0.3), (prober, 0.15)]
             if 1.5 <= hour < 1.9:
                 weights.append((wrong_audience, 3))
-            if 5.1 <= hour < 5.3:
+            if 5.1 <= hour < 5.3 or (storage is not None and 2.5 <= hour < 2.7):
                 weights.append((forced, 2))
             caller = rng.choices([c for c, _ in weights], [w for _, w in weights])[0]
-            await app(dict(caller.scope), _receive, send)
-            cache = broker.provider("ilevel").cache
-            while cache.fetching:
+            # The front end spreads requests over the instances.
+            await rng.choice(apps)(dict(caller.scope), _receive, send)
+            caches = [broker.provider("ilevel").cache for broker in brokers]
+            while any(cache.fetching for cache in caches):
                 await asyncio.sleep(0.001)
             clock.advance(rng.uniform(4.0, 16.0))
             if clock.now >= next_bin:
-                rows += metric_rows(reader, next_bin)
+                for reader in readers:
+                    rows += metric_rows(reader, next_bin)
                 next_bin += BIN_S
     finally:
         logger.removeHandler(traces)
         logger.setLevel(previous_level)
-        await broker.aclose()
+        for broker in brokers:
+            await broker.aclose()
     rows += traces.rows
     callers = (token_a, token_b, forced, copy_c, copy_d, missing, wrong_audience)
-    secrets_known = [servers.client_secret, *stored, *(c.bearer for c in callers)]
+    secrets_known = [servers.client_secret, ACCOUNT_KEY, *stored, *(c.bearer for c in callers)]
     leaked = [row for row in rows if any(s and s in json.dumps(row) for s in secrets_known)]
     if leaked:
         raise RuntimeError(f"{len(leaked)} recorded rows contain a secret or a token; nothing written")
     return sorted(rows, key=lambda row: row["timestamp"])
 
 
-def _script(servers: StandIns, broker: Broker, stored: list[str]) -> list[tuple[float, Callable[[], Any]]]:
-    """What happens during the night, by simulated hour."""
+def _script(
+    servers: StandIns, broker: Broker, stored: list[str], storage: Azurite | None = None
+) -> list[tuple[float, Callable[[], Any]]]:
+    """What happens during the night, by simulated hour (a rotation event reaches one instance)."""
     subject = "ilevel-client-secret"
 
     async def rotate(accept: bool) -> None:
@@ -228,8 +260,23 @@ def _script(servers: StandIns, broker: Broker, stored: list[str]) -> list[tuple[
     async def allow() -> None:
         servers.key_vault.allow()
 
+    async def storage_down() -> None:
+        if storage is not None:
+            storage.kill()
+
+    async def storage_up() -> None:
+        # Restarted on the same port but empty (in-memory); a real outage keeps the container the
+        # deployment created, so it is created again here (the cached token is gone: one miss).
+        if storage is not None:
+            from azure.storage.blob import ContainerClient
+
+            storage.start()
+            ContainerClient.from_connection_string(storage.connection_string, FLEET_CONTAINER).create_container()
+
     return [
         (2.0, good),
+        (2.5, storage_down),
+        (2.75, storage_up),
         (3.5, bad),
         (3.75, good),
         (4.2, outage),
@@ -239,13 +286,30 @@ def _script(servers: StandIns, broker: Broker, stored: list[str]) -> list[tuple[
     ]
 
 
+def _start_azurite() -> Azurite | None:
+    """Azurite for the fleet cache, or None (said on stderr) when it is not installed or does not start."""
+    try:
+        return Azurite().start()
+    except (RuntimeError, OSError) as error:
+        print(
+            f"Azurite unavailable, so the night is recorded without the fleet cache (one instance): {error}",
+            file=sys.stderr,
+        )
+        return None
+
+
 def record(path: Path, *, hours: float = HOURS, seed: int = 17) -> int:
     """Run the night against fresh stand-ins and write its rows as JSON lines; return the row count."""
-    with standins() as servers:
-        api = DataApi(servers.tokens, assets=400)
-        with run_server(api) as api_server, environment(servers.identity_env()):
-            api.public_url = api_server.url
-            rows = asyncio.run(_night(servers, api, seed, [], hours))
+    storage = _start_azurite()
+    try:
+        with standins() as servers:
+            api = DataApi(servers.tokens, assets=400)
+            with run_server(api) as api_server, environment(servers.identity_env()):
+                api.public_url = api_server.url
+                rows = asyncio.run(_night(servers, api, seed, [], hours, storage))
+    finally:
+        if storage is not None:
+            storage.stop()
     path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
     return len(rows)
 

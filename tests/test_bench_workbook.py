@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import workbook
+from broker.standin.azurite import AZURITE_BIN
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "infra"))
@@ -57,6 +58,15 @@ def test_the_recorded_log_has_rows_for_the_panels(recorded: Path) -> None:
     assert len(workbook.top_callers(rows)) >= 5
     fetches = workbook.fetches_and_reads(rows, grain)
     assert {"broker.upstream.fetches", "broker.keyvault.reads", "rotation verified"} <= set(fetches)
+
+
+@pytest.mark.skipif(not AZURITE_BIN.exists(), reason="Azurite not installed: the night runs without the fleet cache")
+def test_with_azurite_the_night_runs_on_a_fleet_whose_panel_has_hits_and_misses(recorded: Path) -> None:
+    """Two instances share the fleet cache: one misses and leads the fetch, the other hits its token."""
+    rows = workbook.load(recorded)
+    assert {"hit", "miss"} <= set(workbook.fleet_cache(rows, 900.0))
+    leases = [r for r in rows if r["table"] == "customMetrics" and r["customDimensions"].get("event") == "lease_won"]
+    assert leases
 
 
 def test_the_recorded_rows_look_like_application_insights_rows(recorded: Path) -> None:
