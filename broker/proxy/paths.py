@@ -11,6 +11,7 @@ dots, backslashes and control characters still decode to forms refused here.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -61,6 +62,19 @@ def _check_layer(layer: bytes) -> None:
 
 def _escape(data: bytes, safe: frozenset[int]) -> str:
     """Keep what is already valid (percent-escapes as received); escape anything else."""
+    if _valid(safe).fullmatch(data):
+        return data.decode("ascii")  # the common case, nothing to escape: one C-level match, not a loop per byte
+    return _escape_each(data, safe)
+
+
+@functools.lru_cache(maxsize=4)
+def _valid(safe: frozenset[int]) -> re.Pattern[bytes]:
+    """Bytes :func:`_escape_each` would return unchanged: ``safe`` ones and well-formed percent-escapes."""
+    allowed = b"".join(re.escape(bytes([byte])) for byte in sorted(safe))
+    return re.compile(rb"(?:[" + allowed + rb"]|%[0-9A-Fa-f]{2})*")
+
+
+def _escape_each(data: bytes, safe: frozenset[int]) -> str:
     out: list[str] = []
     i = 0
     while i < len(data):

@@ -107,9 +107,7 @@ class Redactor:
     """Replaces every form of a secret value with :data:`REDACTED`, across chunk boundaries."""
 
     def __init__(self, forms: Iterable[bytes]) -> None:
-        ordered = sorted(set(forms), key=len, reverse=True)
-        self._pattern = re.compile(b"|".join(re.escape(form) for form in ordered))
-        self._keep = max(len(form) for form in ordered) - 1
+        self._pattern, self._keep = _redaction(tuple(forms))
         self._carry = b""
         self.found = 0
 
@@ -139,6 +137,14 @@ class Redactor:
     def finish(self) -> bytes:
         rest, self._carry = self._carry, b""
         return self.value(rest)
+
+
+@functools.lru_cache(maxsize=16)
+def _redaction(forms: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], int]:
+    """The pattern for these forms (longest first), and how many bytes a chunk must keep back; built
+    once per token, not per request (the token changes once an hour)."""
+    ordered = sorted(set(forms), key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(form) for form in ordered)), max(len(form) for form in ordered) - 1
 
 
 def _slashes(text: str) -> bytes:

@@ -41,6 +41,8 @@ MAX_REQUEST_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_S = 30.0
 # The body's CPU work (redaction, rewriting) is done this much at a time between event-loop turns:
 # about 0.5 ms of work on a JSON page, so 4 large pages at once leave the loop free every ~2 ms.
+# A turn is taken once this much work has been done (under two slices when upstream reads are
+# smaller), so a page smaller than one slice costs no turn at all.
 WORK_SLICE_BYTES = 16 * 1024
 CONNECT_TIMEOUT_S = 10.0
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
@@ -324,18 +326,23 @@ class ProviderProxy:
         forwarded: Forwarded,
         deadline: float,
     ) -> AsyncIterator[bytes]:
+        worked = 0  # bytes of CPU work since the event loop last had its turn
         try:
             async for raw in source:
                 for decoded in decoder.feed(raw):
                     for start in range(0, len(decoded), WORK_SLICE_BYTES):
-                        out = redactor.feed(decoded[start : start + WORK_SLICE_BYTES])
+                        piece = decoded[start : start + WORK_SLICE_BYTES]
+                        out = redactor.feed(piece)
                         if links is not None:
                             out = links.feed(out)
                         if out:
                             forwarded.sent += len(out)
                             yield out
-                        # A slice's work at a time: the event loop gets its turn between slices.
-                        await asyncio.sleep(0)
+                        # A slice's worth of work at a time; a page under one slice costs no extra loop turn.
+                        worked += len(piece)
+                        if worked >= WORK_SLICE_BYTES:
+                            worked = 0
+                            await asyncio.sleep(0)
                 if time.monotonic() > deadline:
                     raise self._timed_out()
             tail = b"".join(redactor.feed(piece) for piece in decoder.finish()) + redactor.finish()
@@ -387,7 +394,8 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 def _same_resource(url: str, other: str) -> bool:
     """The same origin (normalised) and the same path, percent-decoding, case and a final '/' aside."""
-    if origin(url) is None or origin(url) != origin(other):
+    here = origin(url)
+    if here is None or here != origin(other):
         return False
 
     def path(value: str) -> str:

@@ -107,3 +107,22 @@ def test_no_accepted_path_leaves_the_base(path: str) -> None:
     assert resolved_path(target).startswith("/v1/")
     assert resolved_path(target) != "/v1"
     assert urlsplit(target).netloc == "api.ilevelsolutions.com"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"a", b"Z", b"9", b"-", b".", b"~", b"=", b"&", b"/", b"?", b":", b"@", b"+", b";"]),
+            st.sampled_from([b"%", b"%2", b"%2F", b"%zz", b"%aF", b" ", b"#", b"[", b"\x00", b"\xff", b"\\"]),
+            st.binary(max_size=3),
+        ),
+        max_size=30,
+    ).map(b"".join)
+)
+def test_the_one_pass_escape_agrees_with_the_byte_by_byte_one(data: bytes) -> None:
+    """Path and query escaping: the fast whole-string check gives exactly what the per-byte walk gives."""
+    from broker.proxy.paths import _PCHAR, _QUERY_SAFE, _escape, _escape_each
+
+    for safe in (_PCHAR, _QUERY_SAFE):
+        assert _escape(data, safe) == _escape_each(data, safe)

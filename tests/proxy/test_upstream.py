@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.cookiejar
+import time
+from collections.abc import AsyncIterator
 
 import httpx
 
+from broker.errors import InvalidUpstreamResponse
 from broker.proxy.upstream import NoCookies, build_client
 from broker.standin.dataapi import DataApi
 from tests.conftest import Stack
@@ -85,3 +89,66 @@ def test_the_proxy_client_stores_no_cookie_and_follows_no_redirect() -> None:
     )
     assert list(jar) == []
     assert client.follow_redirects is False
+
+
+async def _loop_turns_while_streaming(rig: Rig, body: bytes, *, read_bytes: int) -> tuple[bytes, int]:
+    """The body through the proxy's stages, read ``read_bytes`` at a time, and the loop turns it gave others."""
+    from broker.proxy.stream import Decoder, JsonLinks, Redactor, token_forms
+    from broker.proxy.upstream import Forwarded
+
+    broker = rig.broker()
+    try:
+        proxy = broker.proxies["ilevel"]
+
+        async def source() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), read_bytes):
+                yield body[start : start + read_bytes]
+
+        async def nothing() -> None:
+            return None
+
+        forwarded = Forwarded(
+            status=200, headers=[], upstream_latency_s=0.0, token_fingerprint="-", body=source(), closer=nothing
+        )
+        stages = proxy._body(
+            source(),
+            Decoder(None, len(body), InvalidUpstreamResponse("too big")),
+            Redactor(token_forms("not-in-the-body")),
+            JsonLinks(rig.data_api.base_url, "http://broker.example/api/proxy/ilevel/"),
+            forwarded,
+            time.monotonic() + 60,
+        )
+        turns = 0
+        stop = asyncio.Event()
+
+        async def count() -> None:
+            nonlocal turns
+            while not stop.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.create_task(count())
+        await asyncio.sleep(0)
+        turns = 0
+        out = b"".join([chunk async for chunk in stages])
+        stop.set()
+        await counter
+        return out, turns
+    finally:
+        await broker.aclose()
+
+
+async def test_a_large_body_gives_the_loop_a_turn_per_slice_and_a_small_one_costs_none(rig: Rig) -> None:
+    """Body work leaves the event loop at least every two 16 KiB slices; a page under one slice never waits on it."""
+    from broker.proxy.upstream import WORK_SLICE_BYTES
+
+    small = b'{"data":[' + b",".join(b'{"id":%d}' % n for n in range(200)) + b"]}"
+    assert len(small) < WORK_SLICE_BYTES
+    out, turns = await _loop_turns_while_streaming(rig, small, read_bytes=64 * 1024)
+    assert out == small
+    assert turns == 0
+    large = b'{"data":[' + b",".join(b'{"id":%d}' % n for n in range(40_000)) + b"]}"
+    for read_bytes in (64 * 1024, 5000):
+        out, turns = await _loop_turns_while_streaming(rig, large, read_bytes=read_bytes)
+        assert out == large
+        assert turns >= len(large) // (2 * WORK_SLICE_BYTES)
