@@ -67,6 +67,33 @@ NETWORK_DENIALS = {
 }
 
 
+def prime_key_vault_models() -> int:
+    """Build each of the Key Vault SDK's response models once, on this thread, before any concurrent read.
+
+    azure-keyvault-secrets 4.12's generated ``Model.__new__`` works out a class's fields lazily, on the first
+    instance, without a lock (Azure/azure-sdk-for-python#47426). Secret reads run on worker threads, several
+    at once on a cold start, so two first instances built at once can leave a response's ``attributes`` a
+    raw dict (seen here as a 500: ``'dict' object has no attribute 'created'``) or raise "dictionary changed
+    size during iteration". Building one of each first, single-threaded, settles that work for the process.
+    Returns how many model classes were primed (none if a later SDK moves them).
+    """
+    try:
+        from azure.keyvault.secrets._generated import models
+        from azure.keyvault.secrets._generated._utils.model_base import Model
+    except ImportError:  # a later SDK: nothing to prime, and presumably nothing to fix
+        return 0
+    primed = 0
+    for value in vars(models).values():
+        if isinstance(value, type) and issubclass(value, Model) and value is not Model:
+            value()
+            primed += 1
+    return primed
+
+
+# At import, before any thread exists that could read a secret.
+prime_key_vault_models()
+
+
 @dataclass(frozen=True)
 class SecretValue:
     """One secret as read: its name, its version and its (hidden) value."""
