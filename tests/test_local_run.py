@@ -106,9 +106,12 @@ def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
+        # As a user's shell runs it: not as a sub-make of `make test`, which would add "Entering directory" lines.
+        shell = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
         done = subprocess.run(
             ["make", "-o", ".venv/.installed", "run", f"PORT={port}"],
             cwd=REPO,
+            env=shell,
             capture_output=True,
             text=True,
             timeout=60,
@@ -121,7 +124,7 @@ def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
     assert "curl" not in done.stdout + done.stderr
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for line in output:
-        documented = re.sub(r"Makefile:\d+", "Makefile:30", line.replace(f"port {port} ", "port 7071 "))
+        documented = line.replace(f"port {port} ", "port 7071 ")
         assert documented in readme, f"the README does not show {documented!r}"
 
 
