@@ -58,7 +58,7 @@ SECRETS_USER_ROLE = "Key Vault Secrets User"
 # "unreachable"; a persistent failure gets the same verdict either way.
 CHECK_SECRET_CLIENT_OPTIONS: Mapping[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2}
 # The safe way to compare a stored value with the issued one: read from a prompt, never argv or history.
-FINGERPRINT_HINT = "run python -m broker fingerprint and paste each value at its prompt"
+FINGERPRINT_HINT = "run .venv/bin/python -m broker fingerprint and paste each value at its prompt"
 CREDENTIAL_VERDICTS = ("sign in:", "fix the managed identity:")
 
 
