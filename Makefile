@@ -1,7 +1,15 @@
 # Two set-up commands on a fresh machine: `make run` and `make test`.
 # Each installs what it needs into .venv (checkov, which pins its own old
 # dependencies, gets a separate venv under .venv/tools).
-PYTHON ?= python3
+# CPython 3.13, what the Function App runs (infra/app/broker.bicep's runtimeVersion). pyenv's shims
+# answer for every installed version, so each candidate is asked its version rather than trusted.
+PYTHON_VERSION := 3.13
+comma := ,
+IS_PYTHON_VERSION := -c 'import sys; sys.exit(sys.version_info[:2] != ($(subst .,$(comma),$(PYTHON_VERSION))))'
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in python$(PYTHON_VERSION) "$$(pyenv root 2>/dev/null)"/versions/$(PYTHON_VERSION)*/bin/python$(PYTHON_VERSION) python3; do \
+	"$$p" $(IS_PYTHON_VERSION) >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -26,13 +34,16 @@ KUSTO_STAMP := $(KUSTO_DIR)/.installed-$(KUSTO_VERSION)
 .PHONY: run test lint typecheck unit infra-check bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make: CPython $(PYTHON_VERSION) is needed (what Azure runs) and was not found: install it (pyenv install $(PYTHON_VERSION); Debian/Ubuntu: apt-get install python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv; or python.org), or name it: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
+	@"$(PYTHON)" $(IS_PYTHON_VERSION) || { echo "make: $(PYTHON) is not CPython $(PYTHON_VERSION); name a $(PYTHON_VERSION) interpreter: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
+	@if [ -x $(PY) ] && ! $(PY) $(IS_PYTHON_VERSION); then echo "make: .venv is not on Python $(PYTHON_VERSION); making it anew"; rm -rf $(VENV); fi
+	"$(PYTHON)" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-$(CHECKOV_STAMP):
-	$(PYTHON) -m venv $(CHECKOV_VENV)
+$(CHECKOV_STAMP): | $(STAMP)
+	$(PY) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 

@@ -56,8 +56,7 @@ from broker.telemetry import Telemetry
 Row = dict[str, Any]
 BIN_S = 300.0
 HOURS = 6.0
-# Midnight UTC: the recorded night starts there (simulated time; the date is arbitrary).
-START = 1796169600.0
+DAY_S = 86400.0
 SERVED = ("hit", "fetched", "refreshed", "stale")
 # Broker instances sharing the fleet cache when Azurite is there (one without it).
 FLEET_INSTANCES = 2
@@ -113,16 +112,29 @@ def metric_rows(reader: InMemoryMetricReader, timestamp: float) -> list[Row]:
     return rows
 
 
-class Caller:
-    """A pipeline's identity and the ASGI scope of its requests."""
+def night_start(now: float) -> float:
+    """The midnight UTC the recorded night starts at: the last one before ``now``, so no date is fixed."""
+    return now - now % DAY_S
 
-    def __init__(self, servers: StandIns, path: str, *, audience: str = AUDIENCE, token: bool = True) -> None:
+
+class Caller:
+    """A pipeline's identity and the ASGI scope of its requests, its token minted on the simulated clock."""
+
+    def __init__(
+        self, servers: StandIns, path: str, *, start: float, audience: str = AUDIENCE, token: bool = True
+    ) -> None:
         self.oid, self.appid = str(uuid.uuid4()), str(uuid.uuid4())
         self.bearer = ""
         headers: list[tuple[bytes, bytes]] = []
         if token:
             bearer = servers.entra.mint(
-                servers.entra.tenant_id, aud=audience, roles=[ROLE], oid=self.oid, appid=self.appid, expires_in=86400
+                servers.entra.tenant_id,
+                aud=audience,
+                roles=[ROLE],
+                oid=self.oid,
+                appid=self.appid,
+                expires_in=int(DAY_S),
+                now=start,
             )
             self.bearer = bearer
             headers.append((b"authorization", f"Bearer {bearer}".encode()))
@@ -137,7 +149,8 @@ async def _receive() -> dict[str, Any]:
 async def _night(
     servers: StandIns, api: DataApi, seed: int, stored: list[str], hours: float, storage: Azurite | None = None
 ) -> list[Row]:
-    clock = SimulatedClock(START)
+    start = night_start(time.time())
+    clock = SimulatedClock(start)
     env = {**servers.settings_env(), "BROKER_ILEVEL_MODE": "both", "BROKER_ILEVEL_API_BASE_URL": api.base_url}
     if storage is not None:
         # As tests/fleet/support.py does it: Azurite's connection string, a fresh cache key in the vault.
@@ -172,14 +185,14 @@ async def _night(
     apps = [create_app(broker) for broker in brokers]
     traces = TraceRows(clock)
     rng = random.Random(seed)
-    token_a = Caller(servers, "/api/token/ilevel")
-    token_b = Caller(servers, "/api/token/ilevel")
-    forced = Caller(servers, "/api/token/ilevel?force_refresh=true")
-    copy_c = Caller(servers, "/api/proxy/ilevel/entities/assets?page%5Bsize%5D=50")
-    copy_d = Caller(servers, "/api/proxy/ilevel/entities/assets?page%5Bsize%5D=200")
-    missing = Caller(servers, "/api/proxy/ilevel/no-such-thing")
-    wrong_audience = Caller(servers, "/api/token/ilevel", audience="api://someone-else")
-    prober = Caller(servers, "/api/token/ilevel", token=False)
+    token_a = Caller(servers, "/api/token/ilevel", start=start)
+    token_b = Caller(servers, "/api/token/ilevel", start=start)
+    forced = Caller(servers, "/api/token/ilevel?force_refresh=true", start=start)
+    copy_c = Caller(servers, "/api/proxy/ilevel/entities/assets?page%5Bsize%5D=50", start=start)
+    copy_d = Caller(servers, "/api/proxy/ilevel/entities/assets?page%5Bsize%5D=200", start=start)
+    missing = Caller(servers, "/api/proxy/ilevel/no-such-thing", start=start)
+    wrong_audience = Caller(servers, "/api/token/ilevel", start=start, audience="api://someone-else")
+    prober = Caller(servers, "/api/token/ilevel", start=start, token=False)
     send = StatusRecorder()
     rows: list[Row] = []
     events = _script(servers, brokers[0], stored, storage)
@@ -188,10 +201,10 @@ async def _night(
     previous_level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        end = START + hours * 3600
-        next_bin = START + BIN_S
+        end = start + hours * 3600
+        next_bin = start + BIN_S
         while clock.now < end:
-            hour = (clock.now - START) / 3600
+            hour = (clock.now - start) / 3600
             for at, action in list(events):
                 if hour >= at:
                     events.remove((at, action))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -64,7 +64,7 @@ class RunningServer:
 
 
 @dataclass(frozen=True)
-class Served(Generic[AppT]):
+class Served[AppT]:
     """A stand-in app together with the server running it (handy as a fixture value)."""
 
     app: AppT

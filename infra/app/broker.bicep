@@ -1,4 +1,4 @@
-// The broker: a Linux Function App on Flex Consumption, Python 3.11, user-assigned identity only.
+// The broker: a Linux Function App on Flex Consumption, Python 3.13, user-assigned identity only.
 param name string
 param location string
 param tags object
@@ -230,7 +230,7 @@ module app 'br/public:avm/res/web/site:0.16.0' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
     configs: [

@@ -108,7 +108,7 @@ def fallback_provider_settings(path: Path = BROKER_BICEP) -> dict[str, str]:
 
 
 def function_runtime(path: Path = BROKER_BICEP) -> dict[str, str]:
-    """The functionAppConfig.runtime object of broker.bicep, e.g. {'name': 'python', 'version': '3.11'}."""
+    """The functionAppConfig.runtime object of broker.bicep, e.g. {'name': 'python', 'version': '3.13'}."""
     text = path.read_text(encoding="utf-8")
     config = "\n".join(object_block(text, "functionAppConfig: {"))
     return {key: value.strip("'") for key, value in top_level_entries(object_block(config, "runtime: {"))}
