@@ -198,3 +198,16 @@ def test_callers_md_links_every_sample_file() -> None:
     for path in sorted(EXAMPLES.iterdir()):
         if path.suffix in {".json", ".xml", ".py"}:
             assert f"examples/{path.name}" in text, path.name
+
+
+def test_callers_md_states_the_rule_first_and_the_service_principals_object_id() -> None:
+    """Up front: a signed-in user fails, pick a managed identity or a service principal; then the object id."""
+    text = CALLERS.read_text(encoding="utf-8")
+    intro = text[: text.index("\n## ")]
+    assert "any option that signs a *user* in fails; pick a managed identity or a service\nprincipal" in intro
+    assert "`BROKER_CALLER_PRINCIPAL_IDS` takes the service principal's **object id**" in text
+    assert "caller's own Key Vault" in text
+    for heading in ("Azure Synapse pipelines", "Microsoft Fabric Data Factory pipelines", "Azure Databricks"):
+        assert heading in text
+    for heading in ("Logic Apps (Consumption and Standard)", "API Management", "Power Automate"):
+        assert f"## {heading}" in text
