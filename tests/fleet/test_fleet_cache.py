@@ -340,3 +340,17 @@ async def test_an_unusable_cache_key_degrades_to_per_instance_fetches_naming_the
     assert len(degraded) == 1
     assert DEFAULT_FLEET_KEY_SECRET in degraded[0] and "256 bits" in degraded[0]
     assert events(broker).get("fallback") == 1
+
+
+async def test_a_fleet_fetch_reads_each_secret_once_at_the_vault(fleet_stack: Stack) -> None:
+    """At the Key Vault stand-in: a miss reads the client id, the client secret and the key once each (the
+    client id is no longer read again by the source); a hit reads the client id and the key, no client secret.
+    The client secret's version is listed (metadata, no value) to refuse a record of other credentials."""
+    cold = instance(fleet_stack)
+    await get(cold)
+    assert fleet_stack.kv.reads == {"ilevel-client-id": 1, "ilevel-client-secret": 1, DEFAULT_FLEET_KEY_SECRET: 1}
+    assert fleet_stack.kv.list_calls == {"ilevel-client-secret": 1}
+    fleet_stack.kv.reset_counts()
+    await get(instance(fleet_stack))
+    assert fleet_stack.kv.reads == {"ilevel-client-id": 1, DEFAULT_FLEET_KEY_SECRET: 1}
+    assert fleet_stack.kv.list_calls == {"ilevel-client-secret": 1}
