@@ -74,7 +74,7 @@ class Telemetry:
         self.remaining.record(max(0.0, served.token.remaining(now)), {"provider": provider, "outcome": outcome})
 
     def fleet_event(self, provider: str, event: str) -> None:
-        """hit, miss, lease_won, lease_lost, wait, fallback or decrypt_failure (docs/operations.md)."""
+        """hit, miss, lease_won, lease_lost, wait, fallback, decrypt_failure or rejected (docs/operations.md)."""
         self.fleet_events.add(1, {"provider": provider, "event": event})
 
     def token_failed(self, provider: str, error: BrokerError) -> None:
