@@ -8,11 +8,15 @@ layer → source) and has the same signature, ``fetch(want) -> Token``:
 2. Otherwise take a 15 s lease, re-read, and fetch only if still needed; the lease is renewed
    while the fetch runs. Write under the lease with the ETag read, then release.
 3. When another instance holds the lease, poll the blob with jitter, at most a lease length
-   (then take the expired lease, or fetch on our own). A dead leader blocks no one past its lease.
+   (then take the expired lease). A lease held past its length with no token written degrades
+   this instance (below): a dead or hostile holder costs one wait, not one per miss.
 4. Shared state inside the record: a 429/503/outage backoff every instance honours, and the
    once-per-30 s force limit, fleet-wide.
+5. A record is trusted only within bounds (:meth:`FleetLayer._admit`, :func:`~broker.fleet.record.clamped`,
+   :mod:`broker.fleet.keys`): the current or previous key version, the credential versions read now,
+   never older than one already read, a capped backoff and token lifetime.
 
-Storage or the cache key failing costs latency, never an answer: a circuit opens for
+Storage, the cache key or a stuck lease costs latency, never an answer: a circuit opens for
 :data:`CIRCUIT_OPEN_S`, the layer passes straight through to the source, one WARNING
 ``fleet cache degraded:`` marks the change and one INFO ``fleet cache restored:`` its end.
 """
@@ -188,11 +192,11 @@ class FleetLayer:
         """The client id (to name the blob), the client secret's versions and the current key, read together.
 
         The client id read here is handed to the source's next read of it (one read per fetch)."""
-        name = self.provider.client_id_secret
+        client_id_secret = self.provider.client_id_secret
         try:
             async with asyncio.timeout(KEY_READ_BUDGET_S):
                 client_id, listed, key, _ = await asyncio.gather(
-                    self._secrets.read(name),
+                    self._secrets.read(client_id_secret),
                     self._secrets.versions(self.provider.client_secret_secret),
                     self._keys.current(),
                     self._store.prepare(),
@@ -200,7 +204,7 @@ class FleetLayer:
         except TimeoutError:
             raise KeyUnavailable(
                 f"{self._secrets.location} did not answer within {KEY_READ_BUDGET_S:.0f} s reading "
-                f"{name}, the versions of {self.provider.client_secret_secret} and the cache key"
+                f"{client_id_secret}, the versions of {self.provider.client_secret_secret} and the cache key"
             ) from None
         except SecretError as error:
             raise KeyUnavailable(
@@ -210,8 +214,8 @@ class FleetLayer:
         enabled = [v for v in listed if v.enabled]
         newest = max((v.created or 0.0 for v in enabled), default=0.0)
         secret_versions = frozenset(v.version for v in enabled if (v.created or 0.0) == newest)
-        name_ = blob_name(self.provider.name, self.provider.token_url, client_id.value.reveal())
-        return _Context(name_, key, client_id.version, secret_versions), client_id
+        name = blob_name(self.provider.name, self.provider.token_url, client_id.value.reveal())
+        return _Context(name, key, client_id.version, secret_versions), client_id
 
     async def _through_fleet(self, context: _Context, want: Want, started: float) -> Token:
         snapshot = await self._store.read(context.name)
