@@ -30,12 +30,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 from azure_functions_runtime.utils import constants
 
+from bench.stack import environment
 from broker.config import load_settings
 from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS
-from tests.worker.driver import FunctionsTransport, Worker, WorkerRefused, deployed_settings, environment
+from tests.worker.driver import FunctionsTransport, Worker, WorkerRefused, deployed_settings
 
 HOSTS = ("serve", "functions")
 FUNCTIONS_BASE_URL = "https://func-broker.azurewebsites.net"

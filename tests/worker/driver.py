@@ -24,14 +24,12 @@ the in-process host; tests/telemetry_child.py runs the exact deployed set in a p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import secrets
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -71,21 +69,6 @@ def deployed_settings(*, leave_out: tuple[str, ...] = ()) -> dict[str, str]:
     """The literal app settings infra/app/broker.bicep gives the Function App (values from resources are not
     literals: the tests supply their own, e.g. KEY_VAULT_URL from the stand-ins)."""
     return {s.name: s.literal for s in app_settings() if s.literal is not None and s.name not in leave_out}
-
-
-@contextlib.contextmanager
-def environment(settings: Mapping[str, str]) -> Iterator[None]:
-    """App settings are the worker process's environment: set them, and restore the previous values after."""
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _check(kind: str, result: protos.StatusResult) -> None:
