@@ -1,6 +1,6 @@
 """Child process of the telemetry tests: one Functions worker process, its exports counted.
 
-Run as ``python tests/telemetry_child.py deployed|context|default`` from the repository root. It starts the
+Run as ``python tests/telemetry_child.py deployed|unnamed|context|default`` from the repository root. It starts the
 stand-ins and an Application Insights ingestion stand-in, then runs Microsoft's worker
 (``azure_functions_runtime``, the version requirements.txt pins) through its own handlers
 (:mod:`tests.worker.driver`): worker init, metadata, load, then invocations with the host's trace context.
@@ -10,7 +10,9 @@ The process environment is the app settings:
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY and PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME as deployed),
   the connection string pointing at the ingestion stand-in, and the Bicep's authentication string with the
   stand-in identity's client id: the worker configures the Azure Monitor distro itself, at worker init;
-- ``context``: the same with PYTHON_ENABLE_OPENTELEMETRY in place of the Azure Monitor switch: the worker
+- ``unnamed``: the deployed settings without PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME (the worker then
+  exports the root logger);
+- ``context``: the deployed settings with PYTHON_ENABLE_OPENTELEMETRY in place of the Azure Monitor switch: the worker
   only attaches each invocation's trace context and the app configures the distro;
 - ``default``: neither switch; the app exports on its own, as before OpenTelemetry mode.
 
@@ -108,6 +110,8 @@ def settings(mode: str, client_id: str) -> dict[str, str]:
     given["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] = template.strip("'").replace("${identityClientId}", client_id)
     if mode in ("context", "default"):
         given.pop(constants.PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY)
+    if mode == "unnamed":
+        given.pop(constants.PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME)
     if mode == "context":
         given[constants.PYTHON_ENABLE_OPENTELEMETRY] = "true"
     return given
@@ -209,7 +213,11 @@ def main(mode: str) -> dict[str, Any]:
             logging.getLogger().setLevel(logging.INFO)
             records = Records()
             logging.getLogger("broker").addHandler(records)
+            warnings = Records()
+            warnings.setLevel(logging.WARNING)
+            logging.getLogger("broker.telemetry").addHandler(warnings)
             result = asyncio.run(run(mode, servers, ingestion, records))
+            result["telemetry_warnings"] = warnings.messages
             shutdown()
         sink.stop()
     result["distro_configurations"] = counted.calls

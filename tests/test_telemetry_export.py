@@ -39,11 +39,24 @@ def default_mode() -> dict[str, Any]:
 def test_with_the_deployed_settings_the_worker_configures_the_distro_once_for_the_broker_logger(
     deployed: dict[str, Any],
 ) -> None:
-    """Worker init calls configure_azure_monitor once, for "broker"; the app sees it and does not call it again."""
+    """Worker init calls configure_azure_monitor once, for "broker"; the app sees it, does not call it again,
+    and its guard has nothing to warn about."""
     assert deployed["distro_configurations"] == [{"logger_name": LOGGER_NAME}]
     assert deployed["exporter"] == "worker"
+    assert deployed["telemetry_warnings"] == []
     assert deployed["broker_handlers"].count("LoggingHandler") == 1
     assert "LoggingHandler" not in deployed["root_handlers"]
+
+
+def test_without_the_logger_name_the_worker_exports_the_root_logger_and_the_broker_says_what_to_set() -> None:
+    """The worker's default logger name is "" (the root): the broker's start-up warns, naming the setting."""
+    result = run_child("unnamed")
+    assert result["distro_configurations"] == [
+        {"logger_name": constants.PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME_DEFAULT}
+    ]
+    assert "LoggingHandler" in result["root_handlers"]
+    [warning] = result["telemetry_warnings"]
+    assert f"set {constants.PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME}={LOGGER_NAME}" in warning
 
 
 def test_with_the_deployed_settings_the_worker_creates_its_propagator_and_completes_every_invocation(
