@@ -28,7 +28,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
-from azure_functions_runtime.utils import constants
 
 from bench.stack import environment
 from broker.config import load_settings
@@ -36,26 +35,17 @@ from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS
-from tests.worker.driver import FunctionsTransport, Worker, WorkerRefused, deployed_settings
+from tests.worker.driver import FunctionsTransport, Worker, WorkerRefused, worker_settings
 
 HOSTS = ("serve", "functions")
 FUNCTIONS_BASE_URL = "https://func-broker.azurewebsites.net"
-
-
-# What the in-process host leaves out of the deployed settings: the Azure Monitor switch configures
-# OpenTelemetry's process-global providers, once per process (a second worker init in the same process would
-# add a second log handler and exporters to nowhere). In its place PYTHON_ENABLE_OPENTELEMETRY makes the
-# runtime attach each invocation's trace context, the per-invocation path the deployed settings also take.
-# The exact deployed set runs in a process of its own: tests/worker/test_deployed_settings.py.
-IN_PROCESS_LEAVE_OUT = (constants.PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,)
-IN_PROCESS_EXTRA = {constants.PYTHON_ENABLE_OPENTELEMETRY: "true"}
 
 
 @contextlib.asynccontextmanager
 async def functions_worker(settings: dict[str, str] | None = None) -> AsyncIterator[Worker]:
     """A fresh worker: function_app imported anew by the runtime's worker init, indexed, loaded."""
     if settings is None:
-        settings = {**deployed_settings(leave_out=IN_PROCESS_LEAVE_OUT), **IN_PROCESS_EXTRA}
+        settings = worker_settings()
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     sys.modules.pop("function_app", None)  # a new worker process has not imported it yet
     worker = Worker()

@@ -71,6 +71,21 @@ def deployed_settings(*, leave_out: tuple[str, ...] = ()) -> dict[str, str]:
     return {s.name: s.literal for s in app_settings() if s.literal is not None and s.name not in leave_out}
 
 
+def worker_settings() -> dict[str, str]:
+    """The deployed settings for a worker in a process that hosts many workers (the tests) or exports nowhere.
+
+    Left out: the Azure Monitor switch, which configures OpenTelemetry's process-global providers once per
+    process (a second worker init in one process would add a second log handler) and needs an ingestion
+    endpoint. In its place PYTHON_ENABLE_OPENTELEMETRY makes the worker attach each invocation's trace context,
+    the per-invocation path the deployed settings also take. The exact deployed set runs in a process of its
+    own: tests/worker/test_deployed_settings.py, tests/test_telemetry_export.py.
+    """
+    return {
+        **deployed_settings(leave_out=(constants.PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,)),
+        constants.PYTHON_ENABLE_OPENTELEMETRY: constants.TRUE,
+    }
+
+
 def _check(kind: str, result: protos.StatusResult) -> None:
     if result.status != protos.StatusResult.Success:
         raise WorkerRefused(f"{kind}: {result.exception.message}")
