@@ -117,7 +117,6 @@ class Worker:
         if str(self.directory) not in sys.path:
             sys.path.insert(0, str(self.directory))  # the proxy worker puts the app directory on sys.path
         init = protos.WorkerInitRequest(
-            host_version="4.1046.100",
             capabilities=HOST_CAPABILITIES,
             function_app_directory=str(self.directory),
             worker_directory=str(Path(runtime.__file__).parent),
