@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 _LINK_TARGET = re.compile(r"<([^>]*)>")
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
@@ -49,6 +49,52 @@ def origin(url: str) -> tuple[str, str, int] | None:
     except UnicodeError:
         return None
     return scheme, ascii_host, port if port is not None else DEFAULT_PORTS[scheme]
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, with ``%2e`` read as ``.`` (a client may decode it first; WHATWG URLs do).
+
+    ``/v1/../../x`` → ``/x``. The segments keep their own spelling; only whole dot segments go.
+    """
+    absolute = path.startswith("/")
+    segments = (path[1:] if absolute else path).split("/")
+    out: list[str] = []
+    for index, segment in enumerate(segments):
+        dots = unquote(segment)
+        if dots in (".", ".."):
+            if dots == ".." and out:
+                out.pop()
+            if index == len(segments) - 1:
+                out.append("")
+        else:
+            out.append(segment)
+    return ("/" if absolute else "") + "/".join(out)
+
+
+# Decoding rounds for the canonical path: as many as paths.safe_path checks.
+_CANONICAL_ROUNDS = 4
+
+
+def canonical_path(path: str) -> str:
+    """The path as the most lenient server would route it, to compare two URLs for the same resource.
+
+    Fully percent-decoded; from each segment, ``;`` parameters and trailing dots and spaces
+    removed (Tomcat, IIS and Windows file names ignore them); dot segments removed (RFC 3986
+    §5.2.4); empty segments, a final ``/`` and case ignored.
+    """
+    for _ in range(_CANONICAL_ROUNDS):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    segments: list[str] = []
+    for segment in path.replace("\\", "/").split("/"):
+        segment = segment.split(";", 1)[0]
+        if segment not in (".", ".."):
+            segment = segment.rstrip(". ")
+        if segment:
+            segments.append(segment)
+    return remove_dot_segments("/" + "/".join(segments)).rstrip("/").lower()
 
 
 Place = Literal["inside", "outside_base", "elsewhere"]

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -28,7 +28,7 @@ from broker.config import DEFAULT_PROXY_SLOT_WAIT_S as DEFAULT_SLOT_WAIT_S
 from broker.config import ProviderConfig
 from broker.errors import InvalidRequest, InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 from broker.proxy.headers import RESPONSE_HEADERS, request_headers
-from broker.proxy.links import Rewriter, is_json, origin
+from broker.proxy.links import Rewriter, canonical_path, is_json, origin
 from broker.proxy.slots import Slot, Slots
 from broker.proxy.stream import REDACTED, BodyTooLarge, Decoder, JsonLinks, Redactor, token_forms
 from broker.tokens import Token
@@ -393,12 +393,8 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 def _same_resource(url: str, other: str) -> bool:
-    """The same origin (normalised) and the same path, percent-decoding, case and a final '/' aside."""
+    """The same origin (normalised) and the same :func:`~broker.proxy.links.canonical_path`."""
     here = origin(url)
     if here is None or here != origin(other):
         return False
-
-    def path(value: str) -> str:
-        return unquote(urlsplit(value).path).rstrip("/").lower()
-
-    return path(url) == path(other)
+    return canonical_path(urlsplit(url).path) == canonical_path(urlsplit(other).path)

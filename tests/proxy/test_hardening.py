@@ -59,11 +59,32 @@ async def test_a_link_on_the_apis_origin_outside_the_base_is_a_502(proxy: ProxyA
     assert "outside" in response.json()["error_description"]
 
 
-@pytest.mark.parametrize("path", ["oauth/token", "OAUTH/Token", "oauth/token%2F", "oauth/%74oken"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "oauth/token",
+        "OAUTH/Token",
+        "TOKEN/../oauth/TOKEN",
+        "oauth/token%2F",
+        "oauth/%74oken",
+        "oauth/t%6fken",
+        "oauth/token;x",
+        "oauth/token%3Bx",
+        "oauth/token.",
+        "oauth/token..",
+        "oauth/token%2E",
+        "oauth/token%20",
+        "oauth/token.%20.",
+        "oauth/x/../token",
+        "oauth/x/%2e%2e/token",
+        "oauth;v=1/token",
+    ],
+)
 async def test_a_path_that_resolves_to_the_token_url_is_refused_before_anything_is_sent(
     rig: Rig, stack: Stack, path: str
 ) -> None:
-    """With the API root above the token endpoint, /api/proxy/<p>/oauth/token is 400 invalid_request."""
+    """With the API root above the token endpoint, /api/proxy/<p>/oauth/token is 400 invalid_request, however
+    it is spelled: case, percent-encoding, ';' parameters, trailing dots and spaces, dot segments."""
     tokens_root = stack.servers.url("tokens") + "/"
     async with rig.open(BROKER_ILEVEL_API_BASE_URL=tokens_root) as api:
         response = await api.get(f"/api/proxy/ilevel/{path}", token=stack.caller(), method="POST", content=b"x=1")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.proxy.links import Rewriter, is_json, public_root
+from broker.proxy.links import Rewriter, canonical_path, is_json, public_root, remove_dot_segments
 from broker.proxy.stream import REDACTED, JsonLinks, Redactor, token_forms
 
 BASE = "https://api.ilevelsolutions.com/v1/"
@@ -221,3 +221,29 @@ def test_the_token_is_redacted_wherever_the_chunks_split_it(parts: list[str], si
     assert token.encode() not in out and quote(token, safe="").encode() not in out
     assert out == Redactor(token_forms(token)).value(data)
     assert out.count(REDACTED) == parts.count("tok") + parts.count("enc")
+
+
+@pytest.mark.parametrize(
+    ("path", "resolved"),
+    [
+        ("/v1/../../x", "/x"),
+        ("/v1/a/./b/../c", "/v1/a/c"),
+        ("/v1/a/..", "/v1/"),
+        ("/v1/%2e%2E/x", "/x"),
+        ("/..", "/"),
+        ("a/../b", "b"),
+    ],
+)
+def test_dot_segments_are_removed_as_rfc_3986_says(path: str, resolved: str) -> None:
+    """§5.2.4, with an encoded dot read as a dot (as a client that decodes it first would)."""
+    assert remove_dot_segments(path) == resolved
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/oauth/token;x", "/oauth/token.", "/oauth/token%20", "/OAUTH/TOKEN", "/oauth/t%6fken", "/oauth/x/../token"],
+)
+def test_the_canonical_path_ignores_what_lenient_servers_ignore(path: str) -> None:
+    """Parameters, trailing dots and spaces, case, percent-encoding and dot segments all fall away."""
+    assert canonical_path(path) == "/oauth/token"
+    assert canonical_path("/oauth/tokens") != "/oauth/token"
