@@ -11,7 +11,9 @@ import re
 from typing import Literal
 from urllib.parse import unquote, urljoin, urlsplit
 
-_LINK_TARGET = re.compile(r"<([^>]*)>")
+# One link-value of a Link header (RFC 8288 §3): the target, then its parameters up to the next
+# comma outside a quoted string.
+_LINK_VALUE = re.compile(r'<([^>]*)>((?:[^,"<]|"(?:[^"\\]|\\.)*")*)')
 _HOST = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 
 
@@ -115,13 +117,18 @@ class Rewriter:
         self._base_path = urlsplit(base_url).path or "/"
 
     def place(self, value: str) -> tuple[str, Place]:
-        """The URL rewritten to the broker's root when inside, and where it points."""
+        """The URL rewritten to the broker's root when inside, and where it points.
+
+        Dot segments are resolved first: ``<base>../../x`` is outside the base, never ``<root>../../x``
+        (which a client would resolve to another of the broker's routes).
+        """
         if self._origin is None or origin(value) != self._origin:
             return value, "elsewhere"
         parts = urlsplit(value)
-        if not parts.path.startswith(self._base_path):
+        path = remove_dot_segments(parts.path.replace("\\", "/"))
+        if not path.startswith(self._base_path):
             return value, "outside_base"
-        rest = parts.path[len(self._base_path) :]
+        rest = path[len(self._base_path) :]
         rest += f"?{parts.query}" if parts.query else ""
         rest += f"#{parts.fragment}" if parts.fragment else ""
         return self.root + rest, "inside"
@@ -129,17 +136,22 @@ class Rewriter:
     def url(self, value: str) -> str:
         return self.place(value)[0]
 
-    def link_header(self, value: str) -> tuple[str, bool]:
-        """The rewritten Link header, and whether any target is on the API's origin outside the base."""
+    def link_header(self, value: str, request_url: str | None = None) -> tuple[str, bool]:
+        """The rewritten Link header, and whether any target is on the API's origin outside the base.
+
+        Targets are resolved against ``request_url`` (relative ones too); a target on another host
+        is removed, like a Location there: the broker passes no link that leads off the API. An
+        empty result means no Link header at all.
+        """
         outside = False
-
-        def target(match: re.Match[str]) -> str:
-            nonlocal outside
-            url, where = self.place(match.group(1))
+        kept: list[str] = []
+        for match in _LINK_VALUE.finditer(value):
+            target = urljoin(request_url, match.group(1)) if request_url else match.group(1)
+            url, where = self.place(target)
             outside = outside or where == "outside_base"
-            return f"<{url}>"
-
-        return _LINK_TARGET.sub(target, value), outside
+            if where == "inside":
+                kept.append(f"<{url}>{match.group(2).rstrip()}")
+        return ", ".join(kept), outside
 
     def location(self, value: str, request_url: str) -> tuple[str, Place]:
         """The rewritten Location (relative ones resolved first) and where it points."""

@@ -9,7 +9,8 @@ key-or-value role is not known yet). ``finish()`` gives back what is still carri
 - :class:`Redactor`: the broker's own token, raw or percent-encoded, becomes
   ``[redacted-by-broker]``.
 - :class:`JsonLinks`: JSON string *values* that begin with the API base get the broker's
-  proxy root instead, ``\\/`` escaping included.
+  proxy root instead, ``\\/`` escaping included; a value with a dot segment in its path is left
+  as written (it may leave the base once resolved).
 """
 
 from __future__ import annotations
@@ -254,12 +255,22 @@ class JsonLinks:
 _RARE_BLANKS = (b"  ", b"\n", b"\r", b"\t")
 
 
+# A dot segment ahead in the same JSON string: ".", "..", "%2e", "\u002e" between separators ("/",
+# "\/", or a backslash, which WHATWG URL parsers read as "/"). Such a link may leave the base once a
+# client resolves it, so it is not rewritten: it stays as the API wrote it, like any other link off
+# the base (:meth:`broker.proxy.links.Rewriter.place` resolves it exactly, for headers).
+_DOT = rb"(?:\.|%2[eE]|\\u002[eE])"
+_SEP = rb"(?:/|\\/|\\\\)"
+_DOT_SEGMENT = _DOT + _DOT + rb"?(?:" + _SEP + rb'|["?#])'
+_NO_DOT_SEGMENT = rb"(?!" + _DOT_SEGMENT + rb'|(?:[^"\\?#]|\\.)*?' + _SEP + _DOT_SEGMENT + rb")"
+
+
 @functools.lru_cache(maxsize=32)
 def _link_patterns(base_url: str, root: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
     """Compiled once per (base, root): fast (compact JSON), first (the document's start), general."""
     prefix = _prefix_pattern(base_url)
     rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
-    tail = prefix + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
+    tail = prefix + _NO_DOT_SEGMENT + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
     fast = re.compile(rb'"(?:(?<=[:\[,]")|(?<=[:\[,][ \t\r\n]"))' + tail)
     first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
     general = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)

@@ -243,9 +243,11 @@ class ProviderProxy:
                 log.warning("proxy: %s sent a %s header that is not UTF-8; dropped", self._host, lower.decode())
                 continue
             if lower == b"link":
-                text, outside = rewriter.link_header(value.decode("latin-1"))
+                text, outside = rewriter.link_header(value.decode("latin-1"), url)
                 if outside:
                     raise self._outside("a Link header", status)
+                if not text:
+                    continue
                 value = text.encode("latin-1")
             elif lower == b"location":
                 text, where = rewriter.location(value.decode("latin-1"), url)

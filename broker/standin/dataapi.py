@@ -18,6 +18,8 @@ token with 401. It serves what proxy mode must carry:
   ``Content-Encoding: gzip`` whatever ``Accept-Encoding`` said;
 - ``GET /v1/disposition``: a ``Content-Disposition`` with raw UTF-8 bytes (``€``);
 - ``GET /v1/outside?header=location|link``: a link on the API's own origin but outside ``/v1/``;
+- ``GET /v1/dots[?header=link]``: links with dot segments (``/v1/../../api/token/ilevel``) in the body, or in
+  ``Link``; and a ``Link`` target on another host;
 - ``GET /v1/bigjson?bytes=N``: a JSON:API page of about ``N`` bytes, streamed, every asset with an
   absolute ``links.self``, no ``Content-Length``;
 - ``GET /v1/hold?seconds=S``: like ``slow``, for a caller that holds slots (the slow holder).
@@ -208,6 +210,8 @@ class DataApi(Scriptable):
             if params.get("header") == "link":
                 return JSONResponse({"ok": True}, headers={"Link": f'<{target}>; rel="next"'})
             return JSONResponse({"ok": True}, status_code=201, headers={"Location": target})
+        if path == "dots":
+            return self._dots(request)
         if path == "bigjson":
             return StreamingResponse(
                 _big_json(int(params.get("bytes", str(1024 * 1024))), f"{self.public_url}{API_ROOT}"),
@@ -253,6 +257,14 @@ class DataApi(Scriptable):
             "Link": f'<{own}entities/assets?t={quote(token, safe="")}>; rel="next"',
         }
         return JSONResponse(document, media_type="application/vnd.api+json", headers=headers)
+
+    def _dots(self, request: Request) -> Response:
+        own = f"{self.public_url}{API_ROOT}"
+        if request.query_params.get("header") == "link":
+            return JSONResponse({"ok": True}, headers={"Link": f'<{own}../../api/token/ilevel>; rel="next"'})
+        document = {"links": {"next": f"{own}../../api/token/ilevel", "inner": f"{own}entities/../entities/assets"}}
+        link = f'<https://elsewhere.example/v1/help>; rel="help", <{own}entities/assets?page=2>; rel="next"'
+        return JSONResponse(document, headers={"Link": link})
 
     def _assets(self, request: Request) -> Response:
         params = request.query_params

@@ -59,6 +59,24 @@ async def test_a_link_on_the_apis_origin_outside_the_base_is_a_502(proxy: ProxyA
     assert "outside" in response.json()["error_description"]
 
 
+async def test_links_with_dot_segments_never_land_on_another_broker_route(proxy: ProxyApi, stack: Stack) -> None:
+    """<base>../../api/token/ilevel stays as the API wrote it in a body (never <proxy root>../../...), and
+    a Link target on another host is removed while the one inside is rewritten."""
+    response = await proxy.get("/api/proxy/ilevel/dots", token=stack.caller())
+    assert response.status_code == 200
+    links = response.json()["links"]
+    assert "/api/proxy/" not in links["next"] and links["next"].endswith("/v1/../../api/token/ilevel")
+    assert "/api/proxy/" not in links["inner"]
+    assert "elsewhere.example" not in response.headers["link"]
+    assert "/api/proxy/ilevel/entities/assets?page=2" in response.headers["link"]
+
+
+async def test_a_link_header_that_leaves_the_base_through_dot_segments_is_a_502(proxy: ProxyApi, stack: Stack) -> None:
+    """Link: <base>../../api/token/ilevel resolves outside /v1/ on the API's origin: refused like /v2/."""
+    response = await proxy.get("/api/proxy/ilevel/dots?header=link", token=stack.caller())
+    broker_error(response, 502, "invalid_response")
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -58,12 +58,42 @@ def test_a_body_labelled_json_that_is_not_passes_unchanged() -> None:
 
 
 def test_link_headers_are_rewritten_inside_their_angle_brackets() -> None:
-    """Link: <base...>; rel=next → <root...>; rel=next, other targets untouched."""
-    value = f'<{BASE}entities?page=2>; rel="next", <https://example.com/x>; rel="help"'
-    assert Rewriter(BASE, ROOT).link_header(value) == (
-        f'<{ROOT}entities?page=2>; rel="next", <https://example.com/x>; rel="help"',
-        False,
-    )
+    """Link: <base...>; rel=next → <root...>; rel=next; targets on other hosts are removed."""
+    value = f'<{BASE}entities?page=2>; rel="next", <https://example.com/x>; rel="help, or not"'
+    assert Rewriter(BASE, ROOT).link_header(value) == (f'<{ROOT}entities?page=2>; rel="next"', False)
+    assert Rewriter(BASE, ROOT).link_header('<https://example.com/x>; rel="help"') == ("", False)
+
+
+def test_relative_link_targets_are_resolved_against_the_request_then_rewritten() -> None:
+    """<?page=2> on /v1/entities is <root>entities?page=2; <../../x> leaves the base and is reported."""
+    rewriter = Rewriter(BASE, ROOT)
+    request = BASE + "entities"
+    assert rewriter.link_header('<?page=2>; rel="next"', request) == (f'<{ROOT}entities?page=2>; rel="next"', False)
+    assert rewriter.link_header('<../../x>; rel="next"', request)[1] is True
+
+
+@pytest.mark.parametrize(
+    "link",
+    [BASE + "../../api/token/ilevel", BASE + "a/../../x", BASE + "%2e%2e/x", BASE + "a\\..\\..\\x", BASE + ".."],
+)
+def test_a_link_that_leaves_the_base_after_resolving_dot_segments_is_outside(link: str) -> None:
+    """Never <root>../../x, which a client resolves to another broker route: outside in headers, as
+    written in bodies (like any link off the base)."""
+    rewriter = Rewriter(BASE, ROOT)
+    assert rewriter.place(link) == (link, "outside_base")
+    assert rewriter.link_header(f'<{link}>; rel="next"')[1] is True
+    assert rewriter.location(link, BASE + "e") == (link, "outside_base")
+    assert json.loads(rewriter.json_body(json.dumps({"next": link}).encode())) == {"next": link}
+    escaped = json.dumps({"next": link}).replace("/", "\\/").replace("..", "\\u002e.").encode()
+    assert json.loads(rewriter.json_body(escaped)) == {"next": link}
+
+
+def test_a_link_whose_dot_segments_stay_inside_is_rewritten_resolved_in_headers() -> None:
+    """<base>a/../b is <root>b; dots in the query are not segments."""
+    rewriter = Rewriter(BASE, ROOT)
+    assert rewriter.place(BASE + "a/./../b?x=../..") == (ROOT + "b?x=../..", "inside")
+    body = json.dumps({"next": BASE + "b?x=../.."}).encode()
+    assert json.loads(rewriter.json_body(body)) == {"next": ROOT + "b?x=../.."}
 
 
 def test_locations_are_resolved_then_rewritten_or_reported_outside() -> None:
