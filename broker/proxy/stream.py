@@ -6,8 +6,8 @@ key-or-value role is not known yet). ``finish()`` gives back what is still carri
 
 - :class:`Decoder`: ``Content-Encoding`` undone with ``max_length``, so a compressed bomb
   costs at most the remaining budget, never its expanded size.
-- :class:`Redactor`: the broker's own token, raw or percent-encoded, becomes
-  ``[redacted-by-broker]``.
+- :class:`Redactor`: the broker's own token, in any encoding an echoing server may use
+  (:func:`token_forms`), becomes ``[redacted-by-broker]``.
 - :class:`JsonLinks`: JSON string *values* that begin with the API base get the broker's
   proxy root instead, ``\\/`` escaping included; a value with a dot segment in its path is left
   as written (it may leave the base once resolved).
@@ -19,10 +19,10 @@ import contextlib
 import functools
 import re
 import zlib
-from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from broker.errors import InvalidUpstreamResponse
+from broker.redaction import SecretForms
 
 REDACTED = b"[redacted-by-broker]"
 # Decompressed output per step: bounded, so one highly compressed chunk is never one huge chunk.
@@ -98,54 +98,50 @@ class Decoder:
 
 
 @functools.lru_cache(maxsize=16)
-def token_forms(token: str) -> tuple[bytes, ...]:
-    """The ways a reflected token can appear: raw, percent-encoded, form-encoded, JSON-escaped."""
-    forms = {token, quote(token, safe=""), quote_plus(token, safe=""), token.replace("/", "\\/")}
-    return tuple(sorted((form.encode("utf-8") for form in forms if form), key=len, reverse=True))
+def token_forms(token: str) -> SecretForms:
+    """Every way a reflected token can appear (:mod:`broker.redaction`): raw; each character
+    percent-encoded (either case), form-encoded, JSON-escaped (``\\u002B``, ``\\/``) or an HTML
+    numeric reference; and the base64 of ``Bearer <token>`` or of the token. Built once per token,
+    not per request (the token changes about once an hour)."""
+    return SecretForms((token,), base64_of=(f"Bearer {token}", token))
 
 
 class Redactor:
     """Replaces every form of a secret value with :data:`REDACTED`, across chunk boundaries."""
 
-    def __init__(self, forms: Iterable[bytes]) -> None:
-        self._pattern, self._keep = _redaction(tuple(forms))
+    def __init__(self, forms: SecretForms) -> None:
+        self._forms = forms
         self._carry = b""
         self.found = 0
 
     def value(self, data: bytes) -> bytes:
         """A whole value (a header) redacted."""
-        result, count = self._pattern.subn(REDACTED, data)
-        self.found += count
-        return result
+        return self._redact(data, len(data))[0]
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._carry + chunk
-        safe = len(data) - self._keep
-        out: list[bytes] = []
-        last = 0
-        for match in self._pattern.finditer(data):
-            if match.start() >= safe:
-                break
-            out.append(data[last : match.start()])
-            out.append(REDACTED)
-            self.found += 1
-            last = match.end()
-        cut = max(last, safe)
-        out.append(data[last:cut])
+        out, cut = self._redact(data, len(data) - self._forms.keep)
         self._carry = data[cut:]
-        return b"".join(out)
+        return out
 
     def finish(self) -> bytes:
         rest, self._carry = self._carry, b""
         return self.value(rest)
 
-
-@functools.lru_cache(maxsize=16)
-def _redaction(forms: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], int]:
-    """The pattern for these forms (longest first), and how many bytes a chunk must keep back; built
-    once per token, not per request (the token changes once an hour)."""
-    ordered = sorted(set(forms), key=len, reverse=True)
-    return re.compile(b"|".join(re.escape(form) for form in ordered)), max(len(form) for form in ordered) - 1
+    def _redact(self, data: bytes, safe: int) -> tuple[bytes, int]:
+        """``data`` redacted up to where it may be cut (matches starting before ``safe``), and the cut."""
+        out: list[bytes] = []
+        last = 0
+        for start, end in self._forms.spans(data):
+            if start >= safe:
+                break
+            out.append(data[last:start])
+            out.append(REDACTED)
+            self.found += 1
+            last = end
+        cut = max(last, safe, 0)
+        out.append(data[last:cut])
+        return b"".join(out), cut
 
 
 def _slashes(text: str) -> bytes:

@@ -13,7 +13,8 @@ token with 401. It serves what proxy mode must carry:
 - ``GET|POST /v1/echo``: what arrived (method, headers, body size), as JSON;
 - ``GET /v1/cookie``: sets a cookie; ``GET /v1/redirect?to=URL``: a 302 to ``URL``;
 - ``GET /v1/reflect``: a hostile echo: the bearer token it received, raw and percent-encoded,
-  in its JSON body (a ``links.next`` too), in ``Location`` and in ``Link``;
+  in its JSON body (a ``links.next`` too; lower-case ``%xx``, JSON ``\\uXXXX``, HTML numeric
+  references and the base64 of ``Bearer <token>`` as well), in ``Location`` and in ``Link``;
 - ``GET /v1/gzip?bytes=N``: ``N`` zero bytes gzip-compressed (a bomb, for a small ``N`` cap),
   ``Content-Encoding: gzip`` whatever ``Accept-Encoding`` said;
 - ``GET /v1/disposition``: a ``Content-Disposition`` with raw UTF-8 bytes (``€``);
@@ -30,6 +31,7 @@ Every request is recorded; scripted faults answer the next authenticated request
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import zlib
@@ -251,12 +253,19 @@ class DataApi(Scriptable):
         document = {
             "echo": {"authorization": f"Bearer {token}"},
             "links": {"next": f"{own}entities/assets?access_token={quote(token, safe='')}"},
+            "percent": "".join(f"%{ord(c):02x}" for c in token),
+            "html": "".join(f"&#{ord(c)};" if i % 2 else f"&#x{ord(c):X};" for i, c in enumerate(token)),
+            "basic": base64.b64encode(f"Bearer {token}".encode()).decode(),
         }
+        # Written by hand: JSON's own \uXXXX escapes (as System.Text.Json writes "+"), which json.dumps
+        # would not produce for ASCII.
+        escaped = "".join(f"\\u{ord(c):04X}" for c in token)
+        body = json.dumps(document)[:-1] + f', "json": "{escaped}"}}'
         headers = {
             "Location": f"{own}jobs/1?token={token}",
             "Link": f'<{own}entities/assets?t={quote(token, safe="")}>; rel="next"',
         }
-        return JSONResponse(document, media_type="application/vnd.api+json", headers=headers)
+        return Response(body, media_type="application/vnd.api+json", headers=headers)
 
     def _dots(self, request: Request) -> Response:
         own = f"{self.public_url}{API_ROOT}"

@@ -28,7 +28,8 @@ MIB = 1024 * 1024
 async def test_a_reflected_token_is_redacted_in_body_links_and_headers_and_logged_with_the_request_id(
     proxy: ProxyApi, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An echoing upstream puts the broker's token in its body, next link, Location and Link: all redacted."""
+    """An echoing upstream puts the broker's token in its body (encoded every way), next link, Location and
+    Link: all redacted."""
     response = await proxy.get(
         "/api/proxy/ilevel/reflect", token=stack.caller(), headers={"X-Request-Id": "req-reflect-0001"}
     )
@@ -38,6 +39,8 @@ async def test_a_reflected_token_is_redacted_in_body_links_and_headers_and_logge
     assert token not in everything
     body = response.json()
     assert body["echo"]["authorization"] == "Bearer " + REDACTED.decode()
+    # Every encoding an echoing server may use: lower-case %xx, JSON \uXXXX, HTML references, base64.
+    assert [body["percent"], body["json"], body["html"], body["basic"]] == [REDACTED.decode()] * 4
     assert REDACTED.decode() in body["links"]["next"] or "%5Bredacted-by-broker%5D" in body["links"]["next"]
     assert "/api/proxy/ilevel/" in body["links"]["next"]
     assert REDACTED.decode() in response.headers["location"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 from hypothesis import given, settings
@@ -277,3 +279,69 @@ def test_the_canonical_path_ignores_what_lenient_servers_ignore(path: str) -> No
     """Parameters, trailing dots and spaces, case, percent-encoding and dot segments all fall away."""
     assert canonical_path(path) == "/oauth/token"
     assert canonical_path("/oauth/tokens") != "/oauth/token"
+
+
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~+/"
+
+
+def _each_char(token: str, encode: Any) -> str:
+    return "".join(encode(char) for char in token)
+
+
+def _every_way(token: str, mix: list[int]) -> list[str]:
+    """The token as echoing servers write it: every form the redactor must catch."""
+    bearer = base64.b64encode(f"Bearer {token}".encode()).decode()
+    alone = base64.b64encode(token.encode()).decode()
+    per_char = [
+        lambda c: c,
+        lambda c: f"%{ord(c):02X}",
+        lambda c: f"%{ord(c):02x}",
+        lambda c: f"\\u{ord(c):04X}",
+        lambda c: f"\\u{ord(c):04x}",
+        lambda c: f"&#{ord(c)};",
+        lambda c: f"&#x{ord(c):x};",
+        lambda c: f"&#X{ord(c):02X};",
+    ]
+    return [
+        token,
+        quote(token, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(token, safe="")),
+        _each_char(token, lambda c: f"%{ord(c):02x}" if not c.isalnum() else c),
+        quote_plus(token, safe=""),
+        token.replace("/", "\\/"),
+        _each_char(token, lambda c: f"\\u{ord(c):04X}" if c in "+/" else c),
+        _each_char(token, lambda c: f"\\u{ord(c):04x}"),
+        _each_char(token, lambda c: f"&#{ord(c)};" if c in "+/" else c),
+        _each_char(token, lambda c: f"&#x{ord(c):x};"),
+        "".join(per_char[mix[i % len(mix)] % len(per_char)](c) for i, c in enumerate(token)),
+        bearer,
+        bearer.rstrip("="),
+        bearer.replace("+", "-").replace("/", "_").rstrip("="),
+        quote(bearer, safe=""),
+        alone,
+        alone.replace("+", "-").replace("/", "_"),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(_TOKEN_CHARS, min_size=16, max_size=300),
+    st.lists(st.integers(0, 7), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 16), st.sampled_from(["", " ", '", "', ":[", "}\n{", "x="])), max_size=12),
+    st.integers(1, 97),
+)
+def test_a_token_encoded_every_way_is_redacted_wherever_the_chunks_split_it(
+    token: str, mix: list[int], picks: list[tuple[int, str]], size: int
+) -> None:
+    """Upper- and lower-case %XX, form encoding, JSON \\u escapes and \\/, HTML numeric references
+    (decimal and hex), any mix per character, and the base64 of 'Bearer <token>' or of the token:
+    each becomes the marker once, split across chunks or not, and nothing of them is left."""
+    forms = _every_way(token, mix)
+    chosen = [forms[index % len(forms)] for index, _ in picks]
+    data = "".join(form + filler for form, (_, filler) in zip(chosen, picks, strict=True)).encode()
+    redactor = Redactor(token_forms(token))
+    out = b"".join(redactor.feed(data[i : i + size]) for i in range(0, len(data), size)) + redactor.finish()
+    for form in chosen:
+        assert form.encode() not in out
+    assert out.count(REDACTED) == len(chosen) == redactor.found
+    assert out == Redactor(token_forms(token)).value(data)
