@@ -350,14 +350,17 @@ def test_list_parameters_drop_spaces_and_empty_items() -> None:
     assert variable(BROKER, "callerApps") == apps
 
 
-def test_maximum_instance_count_is_at_least_forty() -> None:
-    """Flex Consumption rejects a maximum below 40: the parameter's bound and default say so."""
+def test_maximum_instance_count_goes_down_to_flexs_floor_of_one() -> None:
+    """Flex Consumption's lowest maximum instance count is 1 (its event-driven scaling page; it was 40): the
+    parameter takes 1, so an operator can cap upstream token calls low; the default stays 40."""
     decorators, line = param_line(MAIN, "maximumInstanceCount")
     (low,) = [int(d[len("@minValue(") : -1]) for d in decorators if d.startswith("@minValue(")]
-    assert low >= 40
-    assert int(line.rsplit("=", 1)[1]) >= 40
+    assert low == 1
+    assert int(line.rsplit("=", 1)[1]) == 40
     mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]["maximumInstanceCount"]["value"]
-    assert int(mapped.rsplit("=", 1)[1].rstrip("}")) >= 40
+    assert int(mapped.rsplit("=", 1)[1].rstrip("}")) == 40
+    for doc in ("deploy.md", "operations.md"):
+        assert "below 40" not in text(ROOT / "docs" / doc), f"docs/{doc} still says Flex rejects a maximum below 40"
 
 
 def test_instance_memory_is_a_flex_size_and_reaches_the_broker() -> None:
