@@ -54,7 +54,7 @@ param vnetEnabled bool = true
 @description('Address space of the VNet (vnetEnabled); choose one that does not overlap networks you peer with.')
 param vnetAddressPrefix string = '10.0.0.0/16'
 
-@description('Subnet inside vnetAddressPrefix for the app\'s outbound traffic: one address per instance, so at least maximumInstanceCount + a few.')
+@description('Subnet inside vnetAddressPrefix for the app\'s outbound traffic. Flex Consumption\'s VNet integration uses shared gateways with at most 27 addresses: a /27 is enough.')
 param appSubnetPrefix string = '10.0.1.0/24'
 
 @description('Subnet inside vnetAddressPrefix for the private endpoints.')

@@ -454,3 +454,28 @@ def test_site_configs_pass_only_keys_their_config_type_declares() -> None:
         assert name in types, f"configs entry {name!r} is not a config type this repo recorded"
         unknown = set(config) - set(types[name])
         assert not unknown, f"configs entry {name!r} passes {sorted(unknown)}, unknown to its type"
+
+
+def test_the_nat_gateway_docs_size_the_subnet_clean_up_after_turning_off_and_name_the_pinned_api() -> None:
+    """docs/deploy.md's Outbound section: /27 is enough (Flex's shared gateways, at most 27 addresses); turning
+    BROKER_STATIC_EGRESS off leaves the gateway and its IP, deleted gateway first, by the names main.bicep gives;
+    turning it on for an existing VNet names the virtual-network API version network.bicep really pins."""
+    deploy = text(ROOT / "docs" / "deploy.md")
+    outbound = deploy[deploy.index("### Outbound: private subnets, NAT and the egress IP") :]
+    outbound = outbound[: outbound.index("\n### ", 10)]
+    assert "at most 27 addresses" in outbound and "a /27 is enough" in outbound
+    assert "one address per instance" not in deploy + text(ROOT / "docs" / "operations.md") + text(NETWORK)
+    abbrs = json.loads(text(INFRA / "abbreviations.json"))
+    main = text(MAIN)
+    assert "natGatewayName: '${abbrs.networkNatGateways}${resourceToken}'" in main
+    assert "publicIpName: '${abbrs.networkPublicIPAddresses}nat-${resourceToken}'" in main
+    gateway, address = f"{abbrs['networkNatGateways']}<token>", f"{abbrs['networkPublicIPAddresses']}nat-<token>"
+    assert "leaves the NAT gateway itself" in outbound
+    for shell in ("sh", "powershell"):
+        (block,) = [b for b in re.findall(rf"```{shell}\n(.*?)```", outbound, re.S) if "nat gateway delete" in b]
+        deletes = [line.strip() for line in block.splitlines() if " delete " in line]
+        assert [d.split(" --")[0] for d in deletes] == ["az network nat gateway delete", "az network public-ip delete"]
+        assert deletes[0].endswith(f"--name {gateway}") and deletes[1].endswith(f"--name {address}")
+    (pinned,) = set(re.findall(r"'Microsoft\.Network/virtualNetworks@([\d-]+)'", text(NETWORK)))
+    existing = outbound[outbound.index("Turning it on for an existing deployment") :]
+    assert f"(`{pinned}`" in existing and "Subnets should be private" in existing
