@@ -106,10 +106,11 @@ def _anchor(text: str) -> bytes:
     return max(re.split(r"[+/]", text), key=len).encode("utf-8")
 
 
-def _escapes(chars: set[str]) -> tuple[re.Pattern[bytes], ...]:
+def _escapes(chars: set[str]) -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
     """Escapes that may stand for one of ``chars``: only where one is is decoding worth its cost.
 
-    One pattern per leading character: the regex engine skips fast to a single literal, not to a set.
+    One pattern per leading literal, each behind a plain search for that literal (memchr speed): most
+    bodies hold no ``%``, ``\\u`` or ``&#`` at all.
     """
     by_high: dict[int, set[str]] = {}
     for char in chars:
@@ -123,7 +124,8 @@ def _escapes(chars: set[str]) -> tuple[re.Pattern[bytes], ...]:
         sources.append(r"\\/")
     if not all(c.isascii() for c in chars):
         sources += ["%[89a-fA-F][0-9a-fA-F]", r"\\u(?!00)"]
-    return tuple(re.compile(source.encode("ascii")) for source in sources)
+    literals = {"%": b"%", "\\": b"\\", "&": b"&#"}
+    return tuple((literals[source[0]], re.compile(source.encode("ascii"))) for source in sources)
 
 
 _HTML = re.compile(rb"&#(?:[xX]0*([0-9A-Fa-f]{1,6})|0*([0-9]{1,7}));?")
@@ -158,6 +160,10 @@ class SecretForms:
         self._anchors = tuple({_anchor(text.lower() if ignore_case else text) for text in (*values, *encoded)})
         self._escapes = _escapes(set("".join((*values, *encoded))) | ({"-", "_", "="} if encoded else set()))
         self.keep = max((size for _, size in self._forms), default=1) - 1
+        # Without an escape in sight, a form is written plainly so far: no longer than its plain text, plus
+        # base64 padding that may still come escaped ("%3D").
+        plain = [len(v.encode("utf-8")) for v in values] + [len(text) + 2 * _char("=")[1] for text in encoded]
+        self.plain_keep = min(self.keep, max(plain, default=1) - 1)
 
     def __repr__(self) -> str:
         return f"SecretForms(<{len(self._forms)} forms>)"
@@ -168,15 +174,20 @@ class SecretForms:
         return any(anchor in data for anchor in self._anchors)
 
     def spans(self, data: bytes) -> list[tuple[int, int]]:
-        """Where the forms are in ``data``, in order, without overlaps (the longest at a start wins).
+        """Where the forms are in ``data``, in order, without overlaps (the longest at a start wins)."""
+        return self.scan(data)[0]
+
+    def scan(self, data: bytes) -> tuple[list[tuple[int, int]], int]:
+        """:meth:`spans`, and how much of ``data``'s end a stream must hold back: ``keep`` where an escape
+        of a form's character is in ``data``, else ``plain_keep`` (a form split at the end is plain so far).
 
         A form with no escape holds a plain anchor; one with escapes holds an escape of one of its
         characters and, decoded, the anchor. Only then are the full patterns run.
         """
-        if not self._anywhere(data) and not (
-            any(escape.search(data) for escape in self._escapes) and self._anywhere(decoded(data))
-        ):
-            return []
+        escaped = any(literal in data and escape.search(data) for literal, escape in self._escapes)
+        hold = self.keep if escaped else self.plain_keep
+        if not self._anywhere(data) and not (escaped and self._anywhere(decoded(data))):
+            return [], hold
         patterns = _compiled(tuple(self._forms), self._ignore_case)
         found = sorted(
             ((m.start(), m.end()) for pattern in patterns for m in pattern.finditer(data)),
@@ -186,7 +197,7 @@ class SecretForms:
         for start, end in found:
             if not kept or start >= kept[-1][1]:
                 kept.append((start, end))
-        return kept
+        return kept, hold
 
 
 @functools.lru_cache(maxsize=8)

@@ -116,11 +116,11 @@ class Redactor:
 
     def value(self, data: bytes) -> bytes:
         """A whole value (a header) redacted."""
-        return self._redact(data, len(data))[0]
+        return self._redact(data, final=True)[0]
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._carry + chunk
-        out, cut = self._redact(data, len(data) - self._forms.keep)
+        out, cut = self._redact(data, final=False)
         self._carry = data[cut:]
         return out
 
@@ -128,11 +128,13 @@ class Redactor:
         rest, self._carry = self._carry, b""
         return self.value(rest)
 
-    def _redact(self, data: bytes, safe: int) -> tuple[bytes, int]:
-        """``data`` redacted up to where it may be cut (matches starting before ``safe``), and the cut."""
+    def _redact(self, data: bytes, *, final: bool) -> tuple[bytes, int]:
+        """``data`` redacted up to where it may be cut (matches starting before the held-back end), and the cut."""
+        spans, hold = self._forms.scan(data)
+        safe = len(data) if final else len(data) - hold
         out: list[bytes] = []
         last = 0
-        for start, end in self._forms.spans(data):
+        for start, end in spans:
             if start >= safe:
                 break
             out.append(data[last:start])
@@ -191,7 +193,7 @@ class JsonLinks:
     """
 
     def __init__(self, base_url: str, root: str) -> None:
-        self._fast, self._first, self._general, self._template = _link_patterns(base_url, root)
+        self._base, self._root = base_url, root
         self._carry = b""
         self._before = b""  # the last non-blank byte sent, or b"" at the start
         self._in_string = False  # only after a pathological string was passed on unfinished
@@ -231,14 +233,16 @@ class JsonLinks:
             return b""
         context = self._before
         data = context + window
+        # Only a window that could hold a dot segment pays for the patterns that look for one.
+        fast, first, general, root = _link_patterns(self._base, self._root, any(s in data for s in _MAYBE_DOTS))
         if not context and window.lstrip(b" \t\r\n")[:1] == b'"':
-            pattern, template = self._first, b"\\g<1>" + self._template  # the document is one string
+            pattern, template = first, b"\\g<1>" + root  # the document is one string
         elif any(blank in window for blank in _RARE_BLANKS):
-            pattern, template = self._general, b"\\g<1>" + self._template
+            pattern, template = general, b"\\g<1>" + root
         else:
             # Compact JSON (what APIs send): a pattern led by the literal quote, which the regex
             # engine finds fast, with the opener in a fixed-width lookbehind.
-            pattern, template = self._fast, b'"' + self._template
+            pattern, template = fast, b'"' + root
         out, count = pattern.subn(template, data)
         self.rewritten += count
         stripped = window.rstrip(b" \t\r\n")
@@ -258,15 +262,27 @@ _RARE_BLANKS = (b"  ", b"\n", b"\r", b"\t")
 _DOT = rb"(?:\.|%2[eE]|\\u002[eE])"
 _SEP = rb"(?:/|\\/|\\\\)"
 _DOT_SEGMENT = _DOT + _DOT + rb"?(?:" + _SEP + rb'|["?#])'
-_NO_DOT_SEGMENT = rb"(?!" + _DOT_SEGMENT + rb'|(?:[^"\\?#]|\\.)*?' + _SEP + _DOT_SEGMENT + rb")"
+# One path segment of a JSON string: anything but a separator, the string's end, "?" or "#"; JSON escapes
+# other than the two separators included. Unrolled (a class, then escape-and-class), so the engine scans in C.
+_SEGMENT = rb'[^"?#/\\]*(?:\\[^/\\][^"?#/\\]*)*'
+# Segment by segment (lazily): is any segment, the first included, a dot segment?
+_NO_DOT_SEGMENT = rb"(?!(?:" + _SEGMENT + _SEP + rb")*?" + _DOT_SEGMENT + rb")"
+
+
+# What every dot segment of a JSON string holds (a separator, then a dot in one of its forms); a window
+# without any of them needs no dot-segment check.
+_MAYBE_DOTS = (b"/.", b"\\.", b"%2e", b"%2E", b"\\u002e", b"\\u002E")
 
 
 @functools.lru_cache(maxsize=32)
-def _link_patterns(base_url: str, root: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
-    """Compiled once per (base, root): fast (compact JSON), first (the document's start), general."""
+def _link_patterns(
+    base_url: str, root: str, dots: bool
+) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
+    """Compiled once per (base, root, dots): fast (compact JSON), first (the document's start), general;
+    with ``dots``, each refuses a value with a dot segment (2x slower, so only where one may be)."""
     prefix = _prefix_pattern(base_url)
     rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
-    tail = prefix + _NO_DOT_SEGMENT + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
+    tail = prefix + (_NO_DOT_SEGMENT if dots else b"") + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
     fast = re.compile(rb'"(?:(?<=[:\[,]")|(?<=[:\[,][ \t\r\n]"))' + tail)
     first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
     general = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)

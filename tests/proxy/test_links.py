@@ -90,6 +90,12 @@ def test_a_link_that_leaves_the_base_after_resolving_dot_segments_is_outside(lin
     assert json.loads(rewriter.json_body(escaped)) == {"next": link}
 
 
+def test_a_json_escape_in_an_earlier_segment_does_not_hide_a_later_dot_segment() -> None:
+    """<base>a\u0041b/../../x in a body: the escape does not stop the search, so the link stays as written."""
+    body = b'{"next": "' + BASE.encode() + rb'a\u0041b/../../x"}'
+    assert json.loads(Rewriter(BASE, ROOT).json_body(body)) == {"next": BASE + "aAb/../../x"}
+
+
 def test_a_link_whose_dot_segments_stay_inside_is_rewritten_resolved_in_headers() -> None:
     """<base>a/../b is <root>b; dots in the query are not segments."""
     rewriter = Rewriter(BASE, ROOT)
