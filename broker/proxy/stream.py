@@ -234,7 +234,7 @@ class JsonLinks:
         context = self._before
         data = context + window
         # Only a window that could hold a dot segment pays for the patterns that look for one.
-        fast, first, general, root = _link_patterns(self._base, self._root, any(s in data for s in _MAYBE_DOTS))
+        fast, first, general, root = _link_patterns(self._base, self._root, _maybe_dots(data))
         if not context and window.lstrip(b" \t\r\n")[:1] == b'"':
             pattern, template = first, b"\\g<1>" + root  # the document is one string
         elif any(blank in window for blank in _RARE_BLANKS):
@@ -269,9 +269,14 @@ _SEGMENT = rb'[^"?#/\\]*(?:\\[^/\\][^"?#/\\]*)*'
 _NO_DOT_SEGMENT = rb"(?!(?:" + _SEGMENT + _SEP + rb")*?" + _DOT_SEGMENT + rb")"
 
 
-# What every dot segment of a JSON string holds (a separator, then a dot in one of its forms); a window
-# without any of them needs no dot-segment check.
-_MAYBE_DOTS = (b"/.", b"\\.", b"%2e", b"%2E", b"\\u002e", b"\\u002E")
+def _maybe_dots(data: bytes) -> bool:
+    """Whether ``data`` holds what every dot segment of a JSON string holds: a separator then a dot
+    (``/.``, ``\\.``), or an encoded dot. Single-byte searches first: most windows have no ``%`` or ``\\``."""
+    if b"/." in data:
+        return True
+    if b"\\" in data and (b"\\." in data or b"\\u002e" in data or b"\\u002E" in data):
+        return True
+    return b"%" in data and (b"%2e" in data or b"%2E" in data)
 
 
 @functools.lru_cache(maxsize=32)
