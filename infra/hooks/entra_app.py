@@ -344,9 +344,11 @@ def plan_cli_preauthorization(
     return result, f"pre-authorised {', '.join(added)} ({AZURE_CLI_CLIENT_ID} is the Azure CLI) for {DIAGNOSTICS_SCOPE}"
 
 
-# Entra writes idtyp ("app" for an app-only token) only as an optional claim (Microsoft's optional-claims
-# reference, learn.microsoft.com/entra/identity-platform/optional-claims-reference, read 2026-12-06): the broker
-# tells applications from users by it (broker/caller_auth.py).
+# Entra writes idtyp ("app" for an app-only token) only when the application asks for it as an optional
+# claim of access tokens (Microsoft's guide "Prepare external tenant for calling an API in a Node.js web
+# application", section "Configure idtyp token claim", learn.microsoft.com/entra/external-id/customers/
+# how-to-web-app-node-sign-in-call-api-prepare-tenant, read 2026-12-06; the optional-claims reference lists
+# it too). The broker tells applications from users by it (broker/caller_auth.py).
 APP_ONLY_CLAIM: dict[str, Any] = {"name": "idtyp", "source": None, "essential": False, "additionalProperties": []}
 
 
