@@ -2,9 +2,9 @@
 
 Signature (RS256 only) against the tenant's signing keys, ``aud`` in BROKER_AUDIENCE,
 issuer from the tenant's own v1 and v2 metadata documents, ``exp``/``nbf`` with 60 s
-leeway. The caller is an application (a managed identity or service principal) or a user
-(a delegated token: it has ``scp``, or an ``idtyp`` other than ``app``); each route says
-which kinds it accepts (:class:`Accepts`). Then per-provider authorization by ``oid``,
+leeway. The caller is an application (a managed identity or service principal: no ``scp``, and
+``idtyp`` is ``app``, or without ``idtyp`` its ``oid`` equals its ``sub``) or otherwise a user (a
+delegated token); each route says which kinds it accepts (:class:`Accepts`). Then per-provider authorization by ``oid``,
 ``appid``/``azp`` or ``roles``.
 """
 
@@ -72,6 +72,8 @@ class Caller:
     expires_at: float
     kind: CallerKind = "application"
     scopes: frozenset[str] = frozenset()
+    # The token's client (appid/azp) is one of BROKER_DIAGNOSTICS_CLIENT_IDS (the Azure CLI by default).
+    diagnostics_client: bool = False
 
     def allowed(self, provider: ProviderConfig) -> bool:
         ids = {i for i in (self.oid, self.app_id) if i}
@@ -95,6 +97,9 @@ class Accepts:
     users: bool = False
     scope: str | None = None
     role: str | None = None
+    # Users only through a client in BROKER_DIAGNOSTICS_CLIENT_IDS: a delegated token is not tied to the
+    # client the user consented to, so any app the user signed in to could otherwise act as them here.
+    users_via_diagnostics_clients: bool = False
 
     def admit(self, caller: Caller) -> None:
         if caller.kind == "user" and not self.users:
@@ -108,6 +113,12 @@ class Accepts:
             raise InsufficientScope(
                 f"The caller's token lacks the delegated scope {self.scope!r}; sign in again asking for "
                 f"<App ID URI>/{self.scope}."
+            )
+        if caller.kind == "user" and self.users_via_diagnostics_clients and not caller.diagnostics_client:
+            raise InsufficientScope(
+                f"The caller's delegated token was issued to the client application {caller.app_id or 'none'}, "
+                "which may not run the diagnostics for a user: sign in with the Azure CLI (az login), or ask the "
+                "broker's operator to add that client's id to BROKER_DIAGNOSTICS_CLIENT_IDS."
             )
         if self.role is not None and self.role not in caller.roles:
             raise InsufficientScope(
@@ -230,6 +241,7 @@ class CallerAuthenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._audiences = list(settings.audiences)
+        self._diagnostics_clients = settings.diagnostics_client_ids
         self._keys = keys
         self._clock = clock
         self._verified: OrderedDict[bytes, Caller] = OrderedDict()
@@ -301,15 +313,30 @@ class CallerAuthenticator:
             raise _invalid("claims", "the token names no application (appid or azp)")
         roles = claims.get("roles")
         scopes = claims.get("scp")
-        delegated = "scp" in claims or ("idtyp" in claims and claims["idtyp"] != "app")
+        oid = _guid_claim(claims, "oid", required=True)
         return Caller(
-            oid=_guid_claim(claims, "oid", required=True),
+            oid=oid,
             app_id=app_id,
             roles=frozenset(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else frozenset(),
             expires_at=float(exp),
-            kind="user" if delegated else "application",
+            kind="application" if _application(claims, oid) else "user",
             scopes=frozenset(scopes.split()) if isinstance(scopes, str) else frozenset(),
+            diagnostics_client=app_id.lower() in self._diagnostics_clients,
         )
+
+
+def _application(claims: dict[str, Any], oid: str | None) -> bool:
+    """Whether the token is app-only. ``scp`` means delegated; else ``idtyp`` decides (``app``), which
+    Entra writes only as an optional claim (the hook asks for it: ``optionalClaims.accessToken``);
+    without either, the token is app-only only when ``oid == sub``, the app-only signal Microsoft's
+    guidance for protected web APIs gives ("Protected web API: verify scopes and app roles",
+    learn.microsoft.com/entra/identity-platform/scenario-protected-web-api-verification-scope-app-roles,
+    as cited in issue 22 on 2026-12-06). Anything else is not taken for an application."""
+    if "scp" in claims:
+        return False
+    if "idtyp" in claims:
+        return bool(claims["idtyp"] == "app")
+    return oid is not None and claims.get("sub") == oid
 
 
 def _signing_kid(token: str) -> str | None:

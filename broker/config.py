@@ -29,6 +29,10 @@ PROVIDER_NAME = re.compile(r"^[a-z0-9-]{1,32}$")
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,253}$")
 # Entra's aliases for "any tenant": valid in an authority URL, never as the one tenant we trust.
 MULTI_TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
+# The Azure CLI's public client id: the one client whose users' tokens the diagnostics route takes by
+# default (the Entra hook pre-authorises it for Diagnostics.Run; shared/DOMAIN.md).
+AZURE_CLI_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # The values local.settings.example.json ships with, refused so they fail at start, not as a 503.
 PLACEHOLDER_VAULT = "kv-your-vault"
 PLACEHOLDER_TENANT = "00000000-0000-0000-0000-000000000000"
@@ -81,6 +85,7 @@ GLOBAL_SETTINGS: tuple[str, ...] = (
     "BROKER_FLEET_CACHE_URL",
     "BROKER_FLEET_CACHE_CONNECTION_STRING",
     "BROKER_FLEET_CACHE_KEY_SECRET",
+    "BROKER_DIAGNOSTICS_CLIENT_IDS",
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
@@ -200,11 +205,26 @@ class Settings:
     proxy_max_response_bytes: int = DEFAULT_PROXY_MAX_RESPONSE_MB * 1024 * 1024
     proxy_slot_wait_s: float = DEFAULT_PROXY_SLOT_WAIT_S
     fleet: FleetSettings | None = None
+    # Client application ids (appid/azp) whose users' delegated tokens the diagnostics route takes.
+    diagnostics_client_ids: frozenset[str] = frozenset({AZURE_CLI_CLIENT_ID})
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
 def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _client_ids(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """The Azure CLI plus the comma-separated client (application) ids in ``name``, lower-cased."""
+    listed = _split(env.get(name))
+    bad = [item for item in listed if not _GUID.fullmatch(item)]
+    if bad:
+        raise ConfigError(
+            name,
+            f"must be comma-separated client (application) ids, GUIDs such as {AZURE_CLI_CLIENT_ID}; "
+            f"{bad[0][:40]!r} is not one (the Azure CLI is always included)",
+        )
+    return frozenset({AZURE_CLI_CLIENT_ID, *(item.lower() for item in listed)})
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -535,6 +555,7 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
         proxy_max_response_bytes=max_response_mb * 1024 * 1024,
         proxy_slot_wait_s=float(slot_wait),
         fleet=fleet,
+        diagnostics_client_ids=_client_ids(env, "BROKER_DIAGNOSTICS_CLIENT_IDS"),
         warnings=tuple(warnings),
     )
 

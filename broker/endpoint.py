@@ -11,14 +11,13 @@ import base64
 import json
 import logging
 import random
-import re
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
@@ -31,6 +30,7 @@ from broker.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.redaction import SecretForms
 from broker.retry_after import parse_retry_after
 from broker.secrets import Credentials
 from broker.tokens import Secret, Token
@@ -336,26 +336,26 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 def _scrub(text: str, credentials: Credentials) -> str:
     """Upstream text may echo what we sent: mask every form of it, keep it short, keep it one line."""
-    return " ".join(_secret_forms(credentials).sub("***", text).split())[:200]
+    data = text.encode("utf-8", "replace")
+    out: list[bytes] = []
+    last = 0
+    for start, end in _secret_forms(credentials).spans(data):
+        out += [data[last:start], b"***"]
+        last = end
+    out.append(data[last:])
+    return " ".join(b"".join(out).decode("utf-8", "replace").split())[:200]
 
 
-def _secret_forms(credentials: Credentials) -> re.Pattern[str]:
-    """The client id and secret as an upstream may echo them: raw, form-encoded (the body),
-    percent-encoded (either hex case), and inside the Basic header's base64 (padded or not,
-    standard or URL-safe alphabet, raw or form-encoded parts)."""
+def _secret_forms(credentials: Credentials) -> SecretForms:
+    """The client id and secret as an upstream may echo them (:mod:`broker.redaction`): raw, form- or
+    percent-encoded (either hex case), JSON- or HTML-escaped, and inside the Basic header's base64
+    (padded or not, standard or URL-safe alphabet, raw or form-encoded parts)."""
     client_id = credentials.client_id.value.reveal()
     client_secret = credentials.client_secret.value.reveal()
-    forms: set[str] = set()
-    for value in (client_id, client_secret):
-        forms.update((value, quote_plus(value), quote(value, safe=""), quote(value)))
-    for pair in (f"{client_id}:{client_secret}", f"{quote_plus(client_id)}:{quote_plus(client_secret)}", client_secret):
-        encoded = base64.b64encode(pair.encode())
-        for alphabet in (encoded, encoded.replace(b"+", b"-").replace(b"/", b"_")):
-            forms.update((alphabet.decode("ascii"), alphabet.rstrip(b"=").decode("ascii")))
-    # Longest first, so a form inside another (the raw secret inside its base64) never splits it.
-    # Case-insensitive for %2b/%2B; over-masking a base64 look-alike costs nothing.
-    ordered = sorted((f for f in forms if len(f) >= MIN_SCRUB_CHARS), key=len, reverse=True)
-    return re.compile("|".join(re.escape(f) for f in ordered) or r"(?!)", re.IGNORECASE)
+    values = [value for value in (client_id, client_secret) if len(value) >= MIN_SCRUB_CHARS]
+    pairs = (f"{client_id}:{client_secret}", f"{quote_plus(client_id)}:{quote_plus(client_secret)}", client_secret)
+    # Case-insensitive: over-masking a look-alike in an error text costs nothing.
+    return SecretForms(values, base64_of=[pair for pair in pairs if len(pair) >= MIN_SCRUB_CHARS], ignore_case=True)
 
 
 def exception_chain(exc: BaseException) -> list[BaseException]:

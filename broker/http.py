@@ -74,9 +74,11 @@ _TOKEN_PATH = re.compile(r"^/api/token/([^/]*)/?$")
 _DIAGNOSTICS_PATH = re.compile(r"^/api/diagnostics(?:/([^/]*))?/?$")
 # The diagnostics verdict for a HEAD (or a monitor that reads no body): ok or failed.
 DIAGNOSTICS_HEADER = "X-Broker-Diagnostics"
-# Who may run diagnostics: a user (delegated token) with the Diagnostics.Run scope, or an application;
-# either way holding the app role Broker.Operator (the Entra hook declares both).
-OPERATORS = Accepts(applications=True, users=True, scope="Diagnostics.Run", role="Broker.Operator")
+# Who may run diagnostics: a user (delegated token) with the Diagnostics.Run scope through a client in
+# BROKER_DIAGNOSTICS_CLIENT_IDS, or an application; either way holding the app role Broker.Operator.
+OPERATORS = Accepts(
+    applications=True, users=True, scope="Diagnostics.Run", role="Broker.Operator", users_via_diagnostics_clients=True
+)
 PROXY_PREFIX = "/api/proxy/"
 # On every error the broker makes itself on the proxy route, so a caller can tell it from the API's own.
 BROKER_ERROR_HEADER = "X-Broker-Error"

@@ -12,6 +12,7 @@ the azd environment stores it under: ``azd env get-value BROKER_APP_ID_URI``). N
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ from broker.config import PROVIDER_NAME, is_loopback_host
 from broker.errors import ConfigError
 
 APP_ID_URI_SETTING = "BROKER_APP_ID_URI"
+# The audiences a token may be asked for: the broker's App ID URI (api://..., what the Entra hook sets) or
+# its client id. Anything else would mint a token for another resource and send it to --remote.
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A diagnostics run reads Key Vault (15 s budget) and may try three client-authentication variants.
 REMOTE_TIMEOUT_S = 120.0
 # Entra's codes an operator meets asking for a token for the broker, and what each means here.
@@ -59,6 +63,13 @@ class Remote:
                 "--app-id-uri",
                 f"is required with --remote (or set {APP_ID_URI_SETTING}): the broker's App ID URI, the audience of "
                 "its tokens. After azd up: azd env get-value BROKER_APP_ID_URI",
+            )
+        if not (_GUID.fullmatch(uri) or (uri[:6].lower() == "api://" and len(uri) > 6)):
+            raise ConfigError(
+                "--app-id-uri",
+                f"must be the broker's App ID URI (api://...) or its client id (a GUID), got {uri[:80]!r}: the token "
+                "asked for it is sent to --remote, so any other audience (e.g. https://management.azure.com/) would "
+                "hand that host a token for another API. After azd up: azd env get-value BROKER_APP_ID_URI",
             )
         parts = urlsplit(url.strip())
         local = parts.scheme == "http" and is_loopback_host(parts.hostname or "")

@@ -54,7 +54,7 @@ param vnetEnabled bool = true
 @description('Address space of the VNet (vnetEnabled); choose one that does not overlap networks you peer with.')
 param vnetAddressPrefix string = '10.0.0.0/16'
 
-@description('Subnet inside vnetAddressPrefix for the app\'s outbound traffic: one address per instance, so at least maximumInstanceCount + a few.')
+@description('Subnet inside vnetAddressPrefix for the app\'s outbound traffic. Flex Consumption\'s VNet integration uses shared gateways with at most 27 addresses: a /27 is enough.')
 param appSubnetPrefix string = '10.0.1.0/24'
 
 @description('Subnet inside vnetAddressPrefix for the private endpoints.')
@@ -102,9 +102,11 @@ param httpPerInstanceConcurrency int = 100
 
 // Each instance fetches its own provider token and reads Key Vault on its own (unless the fleet
 // cache serves it), so this also caps upstream token requests and Key Vault reads during a burst.
-// Flex Consumption rejects a maximum below 40, so 40 is the lowest this accepts; with 100 per
-// instance it serves 4,000 concurrent requests.
-@minValue(40)
+// Flex Consumption's lowest maximum instance count is 1 ("the lowest maximum instance count value is
+// 1", Microsoft's event-driven scaling page, learn.microsoft.com/azure/azure-functions/event-driven-scaling,
+// as quoted in issue 22 on 2026-12-06; it used to say 40). A low cap limits upstream token requests and
+// Key Vault reads; with 100 per instance the default of 40 serves 4,000 concurrent requests.
+@minValue(1)
 @maxValue(1000)
 @description('Upper bound on Flex Consumption instances.')
 param maximumInstanceCount int = 40

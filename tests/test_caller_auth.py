@@ -33,6 +33,10 @@ def bad_tokens(stack: Stack) -> dict[str, str]:
         "not yet valid": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], not_before_offset=600),
         "unknown kid": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], kid="unknown-kid"),
         "no exp": entra.mint(tenant, aud=AUDIENCE, roles=[ROLE], extra_claims={"exp": None}),
+        # Neither scp nor idtyp: only oid == sub marks an app-only token.
+        "oid differs from sub": entra.mint(
+            tenant, aud=AUDIENCE, roles=[ROLE], extra_claims={"idtyp": None, "sub": str(uuid.uuid4())}
+        ),
     }
 
 
@@ -51,6 +55,7 @@ def bad_tokens(stack: Stack) -> dict[str, str]:
         "not yet valid",
         "unknown kid",
         "no exp",
+        "oid differs from sub",
     ],
 )
 async def test_each_invalid_caller_token_gets_401_and_no_upstream_call(api: Api, stack: Stack, case: str) -> None:
@@ -268,6 +273,7 @@ def delegated_claims() -> dict[str, dict[str, object]]:
         "scp beside idtyp app": {"scp": "user_impersonation"},
         "empty scp": {"scp": ""},
         "idtyp device": {"idtyp": "device"},
+        "neither scp nor idtyp, oid differs from sub": {"idtyp": None, "sub": "a-user-pairwise-subject"},
     }
 
 
@@ -288,7 +294,9 @@ async def test_a_delegated_token_gets_401_on_the_token_route_even_when_its_appid
     await broker.aclose()
 
 
-@pytest.mark.parametrize("case", ["v1 user token with scp", "idtyp user without scp"])
+@pytest.mark.parametrize(
+    "case", ["v1 user token with scp", "idtyp user without scp", "neither scp nor idtyp, oid differs from sub"]
+)
 async def test_a_delegated_token_gets_401_on_the_proxy_route_before_anything_upstream(
     stack: Stack, host: str, case: str
 ) -> None:
@@ -306,7 +314,7 @@ async def test_a_delegated_token_gets_401_on_the_proxy_route_before_anything_ups
 
 
 async def test_an_application_token_with_idtyp_app_and_one_without_idtyp_are_accepted(api: Api, stack: Stack) -> None:
-    """v1 managed-identity tokens may lack idtyp; with it, it says app."""
+    """v1 managed-identity tokens may lack idtyp (then their oid equals their sub); with it, it says app."""
     for claims in ({"idtyp": "app"}, {"idtyp": None}):
         response = await api.get("/api/token/ilevel", token=stack.caller(extra_claims=claims))
         assert response.status_code == 200

@@ -112,3 +112,20 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(BASE)
     with pytest.raises(AttributeError):
         settings.tenant_id = "other"  # type: ignore[misc]
+
+
+def test_diagnostics_clients_are_the_azure_cli_plus_the_listed_ids() -> None:
+    """BROKER_DIAGNOSTICS_CLIENT_IDS: comma-separated GUIDs, any case, blanks ignored; the CLI is always in."""
+    cli = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+    assert load_settings(BASE).diagnostics_client_ids == {cli}
+    other = "8C6D1E2F-3A4B-4C5D-9E6F-7A8B9C0D1E2F"
+    settings = load_settings({**BASE, "BROKER_DIAGNOSTICS_CLIENT_IDS": f"{other}, ,"})
+    assert settings.diagnostics_client_ids == {cli, other.lower()}
+
+
+@pytest.mark.parametrize("value", ["azure-cli", "04b07795-8ddb-461a-bbee", "https://example.com/app"])
+def test_a_diagnostics_client_that_is_not_a_guid_is_a_clear_error(value: str) -> None:
+    """A name or URL instead of a client id fails at start, naming the setting and what it wants."""
+    with pytest.raises(ConfigError) as error:
+        load_settings({**BASE, "BROKER_DIAGNOSTICS_CLIENT_IDS": value})
+    assert "BROKER_DIAGNOSTICS_CLIENT_IDS" in str(error.value) and "GUID" in str(error.value)

@@ -31,11 +31,13 @@ from tests.hosts import open_host
 OPERATOR = "Broker.Operator"
 SCOPE = "Diagnostics.Run"
 AZURE_CLI = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+OTHER_CLIENT = "8c6d1e2f-3a4b-4c5d-9e6f-7a8b9c0d1e2f"
+THIRD_CLIENT = "1f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b"
 
 
-def user_token(stack: Stack, *, roles: tuple[str, ...] = (OPERATOR,), scp: str = SCOPE) -> str:
+def user_token(stack: Stack, *, roles: tuple[str, ...] = (OPERATOR,), scp: str = SCOPE, client: str = AZURE_CLI) -> str:
     """A delegated token as the Azure CLI gets it for an az login user: scp, the user's app roles, appid the CLI."""
-    return stack.caller(roles=roles, appid=AZURE_CLI, extra_claims={"scp": scp, "idtyp": "user"})
+    return stack.caller(roles=roles, appid=client, extra_claims={"scp": scp, "idtyp": "user"})
 
 
 def app_token(stack: Stack, *, roles: tuple[str, ...] = (OPERATOR,)) -> str:
@@ -109,6 +111,7 @@ async def test_head_runs_it_too_and_answers_without_a_body(diag: Diag, stack: St
         ("an application with only a token role", 403, "insufficient_scope"),
         ("a user without the operator role", 403, "insufficient_scope"),
         ("a user with the role but not the scope", 403, "insufficient_scope"),
+        ("a user with the role and the scope through another client", 403, "insufficient_scope"),
         ("nobody (no token)", 401, "invalid_token"),
     ],
 )
@@ -120,12 +123,27 @@ async def test_callers_without_the_role_or_the_scope_are_refused_before_anything
         "an application with only a token role": lambda: app_token(stack, roles=(ROLE,)),
         "a user without the operator role": lambda: user_token(stack, roles=()),
         "a user with the role but not the scope": lambda: user_token(stack, scp="User.Read"),
+        "a user with the role and the scope through another client": lambda: user_token(stack, client=OTHER_CLIENT),
         "nobody (no token)": lambda: None,
     }[who]()
     for path in ("/api/diagnostics/ilevel", "/api/diagnostics"):
         response = await diag.get(path, token=token)
         assert (response.status_code, response.json()["error"]) == (status, error), response.text
     assert stack.tokens.request_count == 0 and sum(stack.kv.reads.values()) == 0
+
+
+async def test_a_user_through_a_client_named_in_the_setting_gets_the_report(stack: Stack, host: str) -> None:
+    """BROKER_DIAGNOSTICS_CLIENT_IDS adds clients to the Azure CLI; one not named there is refused, saying so."""
+    broker = stack.broker(stack.settings(BROKER_DIAGNOSTICS_CLIENT_IDS=f" {OTHER_CLIENT.upper()} ,"))
+    async with open_host(host, broker) as client:
+        diag = Diag(client, stack)
+        assert (await diag.get(token=user_token(stack, client=OTHER_CLIENT))).status_code == 200
+        assert (await diag.get(token=user_token(stack))).status_code == 200
+        refused = await diag.get(token=user_token(stack, client=THIRD_CLIENT))
+    assert refused.status_code == 403
+    assert THIRD_CLIENT in refused.json()["error_description"]
+    assert "BROKER_DIAGNOSTICS_CLIENT_IDS" in refused.json()["error_description"]
+    await broker.aclose()
 
 
 async def test_a_user_token_is_refused_on_the_token_route(diag: Diag, stack: Stack) -> None:

@@ -151,3 +151,20 @@ def test_the_slug_follows_githubs_rule() -> None:
     """The check can fail: punctuation and backticks go, spaces become hyphens."""
     assert slug("`python -m broker check [PROVIDER] [--json]`") == "python--m-broker-check-provider---json"
     assert slug("Parameters (azd environment variables)") == "parameters-azd-environment-variables"
+
+
+def test_the_vault_recovery_after_azd_down_creates_the_group_then_recovers_then_provisions() -> None:
+    """az keyvault recover writes into the vault's original resource group, which azd down deleted: every
+    documented recovery (sh and PowerShell) creates the group, then recovers, then provisions, in that order."""
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = text[text.index("## Tearing down") :]
+    recoveries = [
+        block
+        for block in re.findall(r"^```(?:sh|powershell)\n(.*?)^```", section, re.S | re.M)
+        if "az keyvault recover" in block
+    ]
+    assert len(recoveries) == 2, "one sh and one PowerShell recovery"
+    for block in recoveries:
+        steps = [line.split(" --", 1)[0] for line in block.strip().splitlines()]
+        assert steps == ["az group create", "az keyvault recover", "azd provision"], block
+        assert "AZURE_RESOURCE_GROUP" in block and "AZURE_LOCATION" in block

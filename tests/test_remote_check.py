@@ -78,6 +78,38 @@ def test_the_app_id_uri_comes_from_the_flag_or_the_azd_variable(capsys: pytest.C
     assert "azd env get-value BROKER_APP_ID_URI" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://management.azure.com/",
+        "https://vault.azure.net",
+        "https://graph.microsoft.com",
+        "ilevel-token-broker-dev",
+        "api://",
+        "api:/x",
+    ],
+)
+def test_an_app_id_uri_that_is_neither_api_nor_a_guid_is_refused_before_any_token(
+    uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ARM URL would mint a management token and send it to --remote: refused (exit 2), saying what to use."""
+    with pytest.raises(ConfigError, match="--app-id-uri") as error:
+        Remote.of("https://a.example", uri, {})
+    assert "api://" in str(error.value) and "GUID" in str(error.value)
+    with pytest.raises(ConfigError):
+        Remote.of("https://a.example", None, {"BROKER_APP_ID_URI": uri})
+    assert main(["check", "--remote", "https://a.example", "--app-id-uri", uri]) == 2
+    assert "azd env get-value BROKER_APP_ID_URI" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["api://11111111-2222-4333-8444-555555555555/ilevel-token-broker-dev", "API://x"])
+def test_api_uris_and_client_ids_are_accepted(uri: str) -> None:
+    """The hook's secure-format URIs, any api:// URI, and the app's client id."""
+    assert Remote.of("https://a.example", uri, {}).app_id_uri == uri
+    guid = "5B1F7E0C-2D4A-4C51-9F8E-1A2B3C4D5E6F"
+    assert Remote.of("https://a.example", guid, {}).app_id_uri == guid
+
+
 def test_the_token_is_asked_for_the_app_id_uri_default_scope() -> None:
     """DefaultAzureCredential's scope is <App ID URI>/.default."""
     credential = Token()

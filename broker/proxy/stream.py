@@ -6,10 +6,11 @@ key-or-value role is not known yet). ``finish()`` gives back what is still carri
 
 - :class:`Decoder`: ``Content-Encoding`` undone with ``max_length``, so a compressed bomb
   costs at most the remaining budget, never its expanded size.
-- :class:`Redactor`: the broker's own token, raw or percent-encoded, becomes
-  ``[redacted-by-broker]``.
+- :class:`Redactor`: the broker's own token, in any encoding an echoing server may use
+  (:func:`token_forms`), becomes ``[redacted-by-broker]``.
 - :class:`JsonLinks`: JSON string *values* that begin with the API base get the broker's
-  proxy root instead, ``\\/`` escaping included.
+  proxy root instead, ``\\/`` escaping included; a value with a dot segment in its path is left
+  as written (it may leave the base once resolved).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import contextlib
 import functools
 import re
 import zlib
-from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from broker.errors import InvalidUpstreamResponse
+from broker.redaction import SecretForms
 
 REDACTED = b"[redacted-by-broker]"
 # Decompressed output per step: bounded, so one highly compressed chunk is never one huge chunk.
@@ -97,54 +98,52 @@ class Decoder:
 
 
 @functools.lru_cache(maxsize=16)
-def token_forms(token: str) -> tuple[bytes, ...]:
-    """The ways a reflected token can appear: raw, percent-encoded, form-encoded, JSON-escaped."""
-    forms = {token, quote(token, safe=""), quote_plus(token, safe=""), token.replace("/", "\\/")}
-    return tuple(sorted((form.encode("utf-8") for form in forms if form), key=len, reverse=True))
+def token_forms(token: str) -> SecretForms:
+    """Every way a reflected token can appear (:mod:`broker.redaction`): raw; each character
+    percent-encoded (either case), form-encoded, JSON-escaped (``\\u002B``, ``\\/``) or an HTML
+    numeric reference; and the base64 of ``Bearer <token>`` or of the token. Built once per token,
+    not per request (the token changes about once an hour)."""
+    return SecretForms((token,), base64_of=(f"Bearer {token}", token))
 
 
 class Redactor:
     """Replaces every form of a secret value with :data:`REDACTED`, across chunk boundaries."""
 
-    def __init__(self, forms: Iterable[bytes]) -> None:
-        self._pattern, self._keep = _redaction(tuple(forms))
+    def __init__(self, forms: SecretForms) -> None:
+        self._forms = forms
         self._carry = b""
         self.found = 0
 
     def value(self, data: bytes) -> bytes:
         """A whole value (a header) redacted."""
-        result, count = self._pattern.subn(REDACTED, data)
-        self.found += count
-        return result
+        return self._redact(data, final=True)[0]
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._carry + chunk
-        safe = len(data) - self._keep
-        out: list[bytes] = []
-        last = 0
-        for match in self._pattern.finditer(data):
-            if match.start() >= safe:
-                break
-            out.append(data[last : match.start()])
-            out.append(REDACTED)
-            self.found += 1
-            last = match.end()
-        cut = max(last, safe)
-        out.append(data[last:cut])
+        out, cut = self._redact(data, final=False)
         self._carry = data[cut:]
-        return b"".join(out)
+        return out
 
     def finish(self) -> bytes:
         rest, self._carry = self._carry, b""
         return self.value(rest)
 
-
-@functools.lru_cache(maxsize=16)
-def _redaction(forms: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], int]:
-    """The pattern for these forms (longest first), and how many bytes a chunk must keep back; built
-    once per token, not per request (the token changes once an hour)."""
-    ordered = sorted(set(forms), key=len, reverse=True)
-    return re.compile(b"|".join(re.escape(form) for form in ordered)), max(len(form) for form in ordered) - 1
+    def _redact(self, data: bytes, *, final: bool) -> tuple[bytes, int]:
+        """``data`` redacted up to where it may be cut (matches starting before the held-back end), and the cut."""
+        spans, hold = self._forms.scan(data)
+        safe = len(data) if final else len(data) - hold
+        out: list[bytes] = []
+        last = 0
+        for start, end in spans:
+            if start >= safe:
+                break
+            out.append(data[last:start])
+            out.append(REDACTED)
+            self.found += 1
+            last = end
+        cut = max(last, safe, 0)
+        out.append(data[last:cut])
+        return b"".join(out), cut
 
 
 def _slashes(text: str) -> bytes:
@@ -194,7 +193,7 @@ class JsonLinks:
     """
 
     def __init__(self, base_url: str, root: str) -> None:
-        self._fast, self._first, self._general, self._template = _link_patterns(base_url, root)
+        self._base, self._root = base_url, root
         self._carry = b""
         self._before = b""  # the last non-blank byte sent, or b"" at the start
         self._in_string = False  # only after a pathological string was passed on unfinished
@@ -234,14 +233,16 @@ class JsonLinks:
             return b""
         context = self._before
         data = context + window
+        # Only a window that could hold a dot segment pays for the patterns that look for one.
+        fast, first, general, root = _link_patterns(self._base, self._root, _maybe_dots(data))
         if not context and window.lstrip(b" \t\r\n")[:1] == b'"':
-            pattern, template = self._first, b"\\g<1>" + self._template  # the document is one string
+            pattern, template = first, b"\\g<1>" + root  # the document is one string
         elif any(blank in window for blank in _RARE_BLANKS):
-            pattern, template = self._general, b"\\g<1>" + self._template
+            pattern, template = general, b"\\g<1>" + root
         else:
             # Compact JSON (what APIs send): a pattern led by the literal quote, which the regex
             # engine finds fast, with the opener in a fixed-width lookbehind.
-            pattern, template = self._fast, b'"' + self._template
+            pattern, template = fast, b'"' + root
         out, count = pattern.subn(template, data)
         self.rewritten += count
         stripped = window.rstrip(b" \t\r\n")
@@ -254,12 +255,39 @@ class JsonLinks:
 _RARE_BLANKS = (b"  ", b"\n", b"\r", b"\t")
 
 
+# A dot segment ahead in the same JSON string: ".", "..", "%2e", "\u002e" between separators ("/",
+# "\/", or a backslash, which WHATWG URL parsers read as "/"). Such a link may leave the base once a
+# client resolves it, so it is not rewritten: it stays as the API wrote it, like any other link off
+# the base (:meth:`broker.proxy.links.Rewriter.place` resolves it exactly, for headers).
+_DOT = rb"(?:\.|%2[eE]|\\u002[eE])"
+_SEP = rb"(?:/|\\/|\\\\)"
+_DOT_SEGMENT = _DOT + _DOT + rb"?(?:" + _SEP + rb'|["?#])'
+# One path segment of a JSON string: anything but a separator, the string's end, "?" or "#"; JSON escapes
+# other than the two separators included. Unrolled (a class, then escape-and-class), so the engine scans in C.
+_SEGMENT = rb'[^"?#/\\]*(?:\\[^/\\][^"?#/\\]*)*'
+# Segment by segment (lazily): is any segment, the first included, a dot segment?
+_NO_DOT_SEGMENT = rb"(?!(?:" + _SEGMENT + _SEP + rb")*?" + _DOT_SEGMENT + rb")"
+
+
+def _maybe_dots(data: bytes) -> bool:
+    """Whether ``data`` holds what every dot segment of a JSON string holds: a separator then a dot
+    (``/.``, ``\\.``), or an encoded dot. Single-byte searches first: most windows have no ``%`` or ``\\``."""
+    if b"/." in data:
+        return True
+    if b"\\" in data and (b"\\." in data or b"\\u002e" in data or b"\\u002E" in data):
+        return True
+    return b"%" in data and (b"%2e" in data or b"%2E" in data)
+
+
 @functools.lru_cache(maxsize=32)
-def _link_patterns(base_url: str, root: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
-    """Compiled once per (base, root): fast (compact JSON), first (the document's start), general."""
+def _link_patterns(
+    base_url: str, root: str, dots: bool
+) -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes], bytes]:
+    """Compiled once per (base, root, dots): fast (compact JSON), first (the document's start), general;
+    with ``dots``, each refuses a value with a dot segment (2x slower, so only where one may be)."""
     prefix = _prefix_pattern(base_url)
     rest = rb'[^"\\]*(?:\\.[^"\\]*)*"'
-    tail = prefix + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
+    tail = prefix + (_NO_DOT_SEGMENT if dots else b"") + rb"(?=" + rest + rb"(?!" + _SPACE + rb":))"
     fast = re.compile(rb'"(?:(?<=[:\[,]")|(?<=[:\[,][ \t\r\n]"))' + tail)
     first = re.compile(rb"((?:^|[:\[,])" + _SPACE + rb'")' + tail)
     general = re.compile(rb"([:\[,]" + _SPACE + rb'")' + tail)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,8 +27,8 @@ from broker.cache import TokenCache
 from broker.config import DEFAULT_PROXY_SLOT_WAIT_S as DEFAULT_SLOT_WAIT_S
 from broker.config import ProviderConfig
 from broker.errors import InvalidRequest, InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
-from broker.proxy.headers import RESPONSE_HEADERS, request_headers
-from broker.proxy.links import Rewriter, is_json, origin
+from broker.proxy.headers import passed_back, request_headers
+from broker.proxy.links import Rewriter, canonical_path, is_json, origin
 from broker.proxy.slots import Slot, Slots
 from broker.proxy.stream import REDACTED, BodyTooLarge, Decoder, JsonLinks, Redactor, token_forms
 from broker.tokens import Token
@@ -230,34 +230,15 @@ class ProviderProxy:
         status = response.status_code
         rewriter = Rewriter(self.config.api_base_url, call.root)
         redactor = Redactor(token_forms(token.access_token.reveal()))
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in response.headers.raw:
-            lower = name.lower()
-            if lower.decode("latin-1") not in RESPONSE_HEADERS:
-                continue
-            value = redactor.value(value)
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                # Neither UTF-8 nor ASCII: some hosts cannot carry it (the Functions bridge decodes UTF-8).
-                log.warning("proxy: %s sent a %s header that is not UTF-8; dropped", self._host, lower.decode())
-                continue
-            if lower == b"link":
-                text, outside = rewriter.link_header(value.decode("latin-1"))
-                if outside:
-                    raise self._outside("a Link header", status)
-                value = text.encode("latin-1")
-            elif lower == b"location":
-                text, where = rewriter.location(value.decode("latin-1"), url)
-                if where == "outside_base":
-                    raise self._outside("a Location", status)
-                if where == "elsewhere" and 300 <= status < 400:
-                    raise InvalidUpstreamResponse(
-                        f"{self._host} answered {status} with a redirect to another host; the broker follows no "
-                        "redirects and passes none that would leave the API root."
-                    )
-                value = text.encode("latin-1")
-            headers.append((lower, value))
+        headers = passed_back(
+            response.headers.raw,
+            status=status,
+            request_url=url,
+            rewriter=rewriter,
+            redactor=redactor,
+            host=self._host,
+            base_setting=self.config.setting("API_BASE_URL"),
+        )
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_response_bytes:
             raise self._too_big()
@@ -356,12 +337,6 @@ class ProviderProxy:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
-    def _outside(self, what: str, status: int) -> InvalidUpstreamResponse:
-        return InvalidUpstreamResponse(
-            f"{self._host} answered {status} with {what} on its own host but outside "
-            f"{self.config.setting('API_BASE_URL')}; the broker passes no link out of the API root."
-        )
-
     def _too_big(self) -> InvalidUpstreamResponse:
         return BodyTooLarge(
             f"{self._host} answered with a body over BROKER_PROXY_MAX_RESPONSE_MB="
@@ -393,12 +368,8 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 def _same_resource(url: str, other: str) -> bool:
-    """The same origin (normalised) and the same path, percent-decoding, case and a final '/' aside."""
+    """The same origin (normalised) and the same :func:`~broker.proxy.links.canonical_path`."""
     here = origin(url)
     if here is None or here != origin(other):
         return False
-
-    def path(value: str) -> str:
-        return unquote(urlsplit(value).path).rstrip("/").lower()
-
-    return path(url) == path(other)
+    return canonical_path(urlsplit(url).path) == canonical_path(urlsplit(other).path)

@@ -13,11 +13,14 @@ token with 401. It serves what proxy mode must carry:
 - ``GET|POST /v1/echo``: what arrived (method, headers, body size), as JSON;
 - ``GET /v1/cookie``: sets a cookie; ``GET /v1/redirect?to=URL``: a 302 to ``URL``;
 - ``GET /v1/reflect``: a hostile echo: the bearer token it received, raw and percent-encoded,
-  in its JSON body (a ``links.next`` too), in ``Location`` and in ``Link``;
+  in its JSON body (a ``links.next`` too; lower-case ``%xx``, JSON ``\\uXXXX``, HTML numeric
+  references and the base64 of ``Bearer <token>`` as well), in ``Location`` and in ``Link``;
 - ``GET /v1/gzip?bytes=N``: ``N`` zero bytes gzip-compressed (a bomb, for a small ``N`` cap),
   ``Content-Encoding: gzip`` whatever ``Accept-Encoding`` said;
 - ``GET /v1/disposition``: a ``Content-Disposition`` with raw UTF-8 bytes (``€``);
 - ``GET /v1/outside?header=location|link``: a link on the API's own origin but outside ``/v1/``;
+- ``GET /v1/dots[?header=link]``: links with dot segments (``/v1/../../api/token/ilevel``) in the body, or in
+  ``Link``; and a ``Link`` target on another host;
 - ``GET /v1/bigjson?bytes=N``: a JSON:API page of about ``N`` bytes, streamed, every asset with an
   absolute ``links.self``, no ``Content-Length``;
 - ``GET /v1/hold?seconds=S``: like ``slow``, for a caller that holds slots (the slow holder).
@@ -28,6 +31,7 @@ Every request is recorded; scripted faults answer the next authenticated request
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import zlib
@@ -208,6 +212,8 @@ class DataApi(Scriptable):
             if params.get("header") == "link":
                 return JSONResponse({"ok": True}, headers={"Link": f'<{target}>; rel="next"'})
             return JSONResponse({"ok": True}, status_code=201, headers={"Location": target})
+        if path == "dots":
+            return self._dots(request)
         if path == "bigjson":
             return StreamingResponse(
                 _big_json(int(params.get("bytes", str(1024 * 1024))), f"{self.public_url}{API_ROOT}"),
@@ -247,12 +253,27 @@ class DataApi(Scriptable):
         document = {
             "echo": {"authorization": f"Bearer {token}"},
             "links": {"next": f"{own}entities/assets?access_token={quote(token, safe='')}"},
+            "percent": "".join(f"%{ord(c):02x}" for c in token),
+            "html": "".join(f"&#{ord(c)};" if i % 2 else f"&#x{ord(c):X};" for i, c in enumerate(token)),
+            "basic": base64.b64encode(f"Bearer {token}".encode()).decode(),
         }
+        # Written by hand: JSON's own \uXXXX escapes (as System.Text.Json writes "+"), which json.dumps
+        # would not produce for ASCII.
+        escaped = "".join(f"\\u{ord(c):04X}" for c in token)
+        body = json.dumps(document)[:-1] + f', "json": "{escaped}"}}'
         headers = {
             "Location": f"{own}jobs/1?token={token}",
             "Link": f'<{own}entities/assets?t={quote(token, safe="")}>; rel="next"',
         }
-        return JSONResponse(document, media_type="application/vnd.api+json", headers=headers)
+        return Response(body, media_type="application/vnd.api+json", headers=headers)
+
+    def _dots(self, request: Request) -> Response:
+        own = f"{self.public_url}{API_ROOT}"
+        if request.query_params.get("header") == "link":
+            return JSONResponse({"ok": True}, headers={"Link": f'<{own}../../api/token/ilevel>; rel="next"'})
+        document = {"links": {"next": f"{own}../../api/token/ilevel", "inner": f"{own}entities/../entities/assets"}}
+        link = f'<https://elsewhere.example/v1/help>; rel="help", <{own}entities/assets?page=2>; rel="next"'
+        return JSONResponse(document, headers={"Link": link})
 
     def _assets(self, request: Request) -> Response:
         params = request.query_params

@@ -33,7 +33,7 @@ param instanceMemoryMB int
 @description('HTTP requests per instance before Flex Consumption scales out (main.bicep says why).')
 param httpPerInstanceConcurrency int
 
-@description('Upper bound on instances (Flex Consumption accepts 40 and more); each one fetches its own provider token and reads Key Vault unless the fleet cache serves it.')
+@description('Upper bound on instances (Flex Consumption accepts 1 and more); each one fetches its own provider token and reads Key Vault unless the fleet cache serves it.')
 param maximumInstanceCount int
 
 @description('BROKER_PROXY_TIMEOUT_SECONDS, or empty for the broker\'s default.')

@@ -2,8 +2,8 @@
 // private endpoints, and both turn public network access off.
 //
 //   snet-app               delegated to Microsoft.App/environments: the Function App's outbound
-//                          traffic (virtualNetworkSubnetId on the site). Flex Consumption takes one
-//                          address per instance, so size it for maximumInstanceCount.
+//                          traffic (virtualNetworkSubnetId on the site). Flex Consumption's VNet
+//                          integration uses shared gateways, at most 27 addresses: a /27 is enough.
 //   snet-private-endpoints one private endpoint each for the vault and the blob and table services
 //                          the Functions host uses (keys, leases, the deployment package, the fleet
 //                          token cache; diagnostic events). The host uses no queues or file shares on
@@ -37,7 +37,7 @@ param tags object
 @description('Address space of the VNet; pick a range that does not overlap networks you peer with.')
 param addressPrefix string
 
-@description('Subnet for the app\'s outbound traffic. Flex Consumption takes one address per instance: a /24 leaves room for 250.')
+@description('Subnet for the app\'s outbound traffic. Flex Consumption\'s VNet integration uses shared gateways with at most 27 addresses: a /27 is enough.')
 param appSubnetPrefix string
 
 @description('Subnet for the private endpoints (three addresses used).')

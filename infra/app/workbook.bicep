@@ -23,7 +23,9 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
     displayName: displayName
     category: 'workbook'
     sourceId: applicationInsights.id
-    serializedData: loadTextContent('./workbook.json')
+    // fallbackResourceIds names the component, so the workbook opened outside its resource (Monitor →
+    // Workbooks, a shared link) still queries it rather than asking which resource to use.
+    serializedData: string(union(json(loadTextContent('./workbook.json')), { fallbackResourceIds: [ applicationInsights.id ] }))
   }
 }
 

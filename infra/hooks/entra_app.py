@@ -135,6 +135,8 @@ class HookConfig:
     callers: Mapping[str, tuple[str, ...]]
     provider_settings: Mapping[str, str] = field(default_factory=dict)
     operators: OperatorConfig = field(default_factory=lambda: OperatorConfig(()))
+    # BROKER_DIAGNOSTICS_CLIENT_IDS: clients pre-authorised for Diagnostics.Run besides the Azure CLI.
+    diagnostics_clients: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
@@ -167,6 +169,7 @@ class HookConfig:
             callers=callers,
             provider_settings=provider_settings(providers, env),
             operators=OperatorConfig.from_env(env),
+            diagnostics_clients=object_ids(env.get("BROKER_DIAGNOSTICS_CLIENT_IDS"), "BROKER_DIAGNOSTICS_CLIENT_IDS"),
         )
 
 
@@ -176,7 +179,8 @@ def _provider_callers(provider: str, env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def provider_settings(providers: tuple[str, ...], env: Mapping[str, str]) -> dict[str, str]:
-    """The app settings that depend on the providers: BROKER_PROVIDERS and each BROKER_<NAME>_*."""
+    """The app settings that depend on the providers: BROKER_PROVIDERS and each BROKER_<NAME>_*; and
+    BROKER_DIAGNOSTICS_CLIENT_IDS when set."""
     settings = {"BROKER_PROVIDERS": ",".join(providers)}
     for provider in providers:
         prefix = f"BROKER_{env_name(provider)}_"
@@ -192,6 +196,11 @@ def provider_settings(providers: tuple[str, ...], env: Mapping[str, str]) -> dic
             if value:
                 settings[f"{prefix}{suffix}"] = value
         settings[f"{prefix}ALLOWED_ROLES"] = f"{ROLE_PREFIX}{provider}"
+    # Not a provider setting, but it rides the same way to the app: the clients the hook pre-authorises for
+    # Diagnostics.Run are the ones the broker takes users' tokens from.
+    clients = object_ids(env.get("BROKER_DIAGNOSTICS_CLIENT_IDS"), "BROKER_DIAGNOSTICS_CLIENT_IDS")
+    if clients:
+        settings["BROKER_DIAGNOSTICS_CLIENT_IDS"] = ",".join(clients)
     return settings
 
 
@@ -279,8 +288,9 @@ def new_diagnostics_scope() -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
         "value": DIAGNOSTICS_SCOPE,
-        # Consent is no gate here: the route also wants the Broker.Operator role, which only an admin assigns.
-        "type": "User",
+        # Admin consent only: a delegated token is not tied to a client, so a user able to consent could let any
+        # app run the diagnostics as them. The broker also takes users only through BROKER_DIAGNOSTICS_CLIENT_IDS.
+        "type": "Admin",
         "isEnabled": True,
         "adminConsentDisplayName": "Run the token broker's diagnostics",
         "adminConsentDescription": "Lets the signed-in user run the token broker's diagnostics, if they hold the "
@@ -290,32 +300,67 @@ def new_diagnostics_scope() -> dict[str, Any]:
     }
 
 
-def plan_diagnostics_scope(existing: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str, str]:
-    """The oauth2PermissionScopes with Diagnostics.Run enabled, its id, and what changed ("" for nothing).
-    An enabled scope is kept byte for byte (Graph refuses to update it); a disabled one is re-enabled."""
+def plan_diagnostics_scope(existing: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], str, str]:
+    """The oauth2PermissionScopes steps (one PATCH each) to Diagnostics.Run enabled with admin consent only,
+    its id, and what changed ("" for nothing). An enabled admin-consent scope is kept byte for byte; an
+    enabled user-consent one is disabled, then rewritten (Graph refuses to update an enabled scope); a
+    disabled one is re-enabled with admin consent."""
     scope = next((s for s in existing if s.get("value") == DIAGNOSTICS_SCOPE), None)
     if scope is None:
         scope = new_diagnostics_scope()
-        return [*existing, scope], scope["id"], f"added the delegated scope {DIAGNOSTICS_SCOPE}"
-    if scope.get("isEnabled"):
-        return existing, str(scope["id"]), ""
-    enabled = {**scope, "isEnabled": True}
+        return [[*existing, scope]], scope["id"], f"added the delegated scope {DIAGNOSTICS_SCOPE} (admin consent)"
+
+    def swap(replacement: dict[str, Any]) -> list[dict[str, Any]]:
+        return [replacement if s is scope else s for s in existing]
+
+    wanted = {**scope, "type": "Admin", "isEnabled": True}
+    if scope.get("isEnabled") and scope.get("type") == "Admin":
+        return [], str(scope["id"]), ""
+    if not scope.get("isEnabled"):
+        return [swap(wanted)], str(scope["id"]), f"re-enabled the delegated scope {DIAGNOSTICS_SCOPE} (admin consent)"
     return (
-        [enabled if s is scope else s for s in existing],
+        [swap({**scope, "isEnabled": False}), swap(wanted)],
         str(scope["id"]),
-        f"re-enabled the delegated scope {DIAGNOSTICS_SCOPE}",
+        f"made the delegated scope {DIAGNOSTICS_SCOPE} admin-consent only (disabled, then rewritten)",
     )
 
 
-def plan_cli_preauthorization(existing: list[dict[str, Any]], scope_id: str) -> tuple[list[dict[str, Any]], str]:
-    """preAuthorizedApplications with the Azure CLI allowed ``scope_id``; other clients and scopes kept."""
-    entry = next((p for p in existing if p.get("appId") == AZURE_CLI_CLIENT_ID), None)
-    ids = list((entry or {}).get("delegatedPermissionIds") or [])
-    if scope_id in ids:
+def plan_cli_preauthorization(
+    existing: list[dict[str, Any]], scope_id: str, clients: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], str]:
+    """preAuthorizedApplications with the Azure CLI and ``clients`` (BROKER_DIAGNOSTICS_CLIENT_IDS) allowed
+    ``scope_id``; other clients and scopes kept."""
+    result = list(existing)
+    added: list[str] = []
+    for client in dict.fromkeys((AZURE_CLI_CLIENT_ID, *clients)):
+        entry = next((p for p in result if str(p.get("appId", "")).lower() == client), None)
+        ids = list((entry or {}).get("delegatedPermissionIds") or [])
+        if scope_id in ids:
+            continue
+        updated = {"appId": client, "delegatedPermissionIds": [*ids, scope_id]}
+        result = [*(p for p in result if p is not entry), updated]
+        added.append("the Azure CLI" if client == AZURE_CLI_CLIENT_ID else client)
+    if not added:
         return existing, ""
-    updated = {"appId": AZURE_CLI_CLIENT_ID, "delegatedPermissionIds": [*ids, scope_id]}
-    others = [p for p in existing if p is not entry]
-    return [*others, updated], f"pre-authorised the Azure CLI ({AZURE_CLI_CLIENT_ID}) for {DIAGNOSTICS_SCOPE}"
+    return result, f"pre-authorised {', '.join(added)} ({AZURE_CLI_CLIENT_ID} is the Azure CLI) for {DIAGNOSTICS_SCOPE}"
+
+
+# Entra writes idtyp ("app" for an app-only token) only when the application asks for it as an optional
+# claim of access tokens (Microsoft's guide "Prepare external tenant for calling an API in a Node.js web
+# application", section "Configure idtyp token claim", learn.microsoft.com/entra/external-id/customers/
+# how-to-web-app-node-sign-in-call-api-prepare-tenant, read 2026-12-06; the optional-claims reference lists
+# it too). The broker tells applications from users by it (broker/caller_auth.py).
+APP_ONLY_CLAIM: dict[str, Any] = {"name": "idtyp", "source": None, "essential": False, "additionalProperties": []}
+
+
+def plan_optional_claims(existing: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """optionalClaims with idtyp in the access token; other claims and token types kept ("" for nothing)."""
+    claims = dict(existing or {})
+    access = list(claims.get("accessToken") or [])
+    if any(c.get("name") == APP_ONLY_CLAIM["name"] for c in access):
+        return claims, ""
+    claims["accessToken"] = [*access, dict(APP_ONLY_CLAIM)]
+    return claims, "added the optional claim idtyp to access tokens"
 
 
 @dataclass
@@ -509,16 +554,23 @@ class EntraApp:
                 self._patch_app(app, {"appRoles": step}, just_created=just_created)
             changes.append(role_change)
         api = dict(app.get("api") or {})
-        scopes, scope_id, scope_change = plan_diagnostics_scope(list(api.get("oauth2PermissionScopes") or []))
-        if scope_change:
+        steps, scope_id, scope_change = plan_diagnostics_scope(list(api.get("oauth2PermissionScopes") or []))
+        for scopes in steps:
             api["oauth2PermissionScopes"] = scopes
             self._patch_app(app, {"api": dict(api)}, just_created=just_created)
+        if scope_change:
             changes.append(scope_change)
-        pre, pre_change = plan_cli_preauthorization(list(api.get("preAuthorizedApplications") or []), scope_id)
+        pre, pre_change = plan_cli_preauthorization(
+            list(api.get("preAuthorizedApplications") or []), scope_id, self.config.diagnostics_clients
+        )
         if pre_change:
             api["preAuthorizedApplications"] = pre
             self._patch_app(app, {"api": dict(api)}, just_created=just_created)
             changes.append(pre_change)
+        claims, claim_change = plan_optional_claims(app.get("optionalClaims"))
+        if claim_change:
+            self._patch_app(app, {"optionalClaims": claims}, just_created=just_created)
+            changes.append(claim_change)
         for change in changes:
             self.log(f"entra-app: {change}")
         return changes

@@ -350,14 +350,17 @@ def test_list_parameters_drop_spaces_and_empty_items() -> None:
     assert variable(BROKER, "callerApps") == apps
 
 
-def test_maximum_instance_count_is_at_least_forty() -> None:
-    """Flex Consumption rejects a maximum below 40: the parameter's bound and default say so."""
+def test_maximum_instance_count_goes_down_to_flexs_floor_of_one() -> None:
+    """Flex Consumption's lowest maximum instance count is 1 (its event-driven scaling page; it was 40): the
+    parameter takes 1, so an operator can cap upstream token calls low; the default stays 40."""
     decorators, line = param_line(MAIN, "maximumInstanceCount")
     (low,) = [int(d[len("@minValue(") : -1]) for d in decorators if d.startswith("@minValue(")]
-    assert low >= 40
-    assert int(line.rsplit("=", 1)[1]) >= 40
+    assert low == 1
+    assert int(line.rsplit("=", 1)[1]) == 40
     mapped = json.loads(text(INFRA / "main.parameters.json"))["parameters"]["maximumInstanceCount"]["value"]
-    assert int(mapped.rsplit("=", 1)[1].rstrip("}")) >= 40
+    assert int(mapped.rsplit("=", 1)[1].rstrip("}")) == 40
+    for doc in ("deploy.md", "operations.md"):
+        assert "below 40" not in text(ROOT / "docs" / doc), f"docs/{doc} still says Flex rejects a maximum below 40"
 
 
 def test_instance_memory_is_a_flex_size_and_reaches_the_broker() -> None:
@@ -451,3 +454,28 @@ def test_site_configs_pass_only_keys_their_config_type_declares() -> None:
         assert name in types, f"configs entry {name!r} is not a config type this repo recorded"
         unknown = set(config) - set(types[name])
         assert not unknown, f"configs entry {name!r} passes {sorted(unknown)}, unknown to its type"
+
+
+def test_the_nat_gateway_docs_size_the_subnet_clean_up_after_turning_off_and_name_the_pinned_api() -> None:
+    """docs/deploy.md's Outbound section: /27 is enough (Flex's shared gateways, at most 27 addresses); turning
+    BROKER_STATIC_EGRESS off leaves the gateway and its IP, deleted gateway first, by the names main.bicep gives;
+    turning it on for an existing VNet names the virtual-network API version network.bicep really pins."""
+    deploy = text(ROOT / "docs" / "deploy.md")
+    outbound = deploy[deploy.index("### Outbound: private subnets, NAT and the egress IP") :]
+    outbound = outbound[: outbound.index("\n### ", 10)]
+    assert "at most 27 addresses" in outbound and "a /27 is enough" in outbound
+    assert "one address per instance" not in deploy + text(ROOT / "docs" / "operations.md") + text(NETWORK)
+    abbrs = json.loads(text(INFRA / "abbreviations.json"))
+    main = text(MAIN)
+    assert "natGatewayName: '${abbrs.networkNatGateways}${resourceToken}'" in main
+    assert "publicIpName: '${abbrs.networkPublicIPAddresses}nat-${resourceToken}'" in main
+    gateway, address = f"{abbrs['networkNatGateways']}<token>", f"{abbrs['networkPublicIPAddresses']}nat-<token>"
+    assert "leaves the NAT gateway itself" in outbound
+    for shell in ("sh", "powershell"):
+        (block,) = [b for b in re.findall(rf"```{shell}\n(.*?)```", outbound, re.S) if "nat gateway delete" in b]
+        deletes = [line.strip() for line in block.splitlines() if " delete " in line]
+        assert [d.split(" --")[0] for d in deletes] == ["az network nat gateway delete", "az network public-ip delete"]
+        assert deletes[0].endswith(f"--name {gateway}") and deletes[1].endswith(f"--name {address}")
+    (pinned,) = set(re.findall(r"'Microsoft\.Network/virtualNetworks@([\d-]+)'", text(NETWORK)))
+    existing = outbound[outbound.index("Turning it on for an existing deployment") :]
+    assert f"(`{pinned}`" in existing and "Subnets should be private" in existing

@@ -159,7 +159,7 @@ def test_existing_app_is_found_by_the_stored_app_id_and_keeps_its_uri_and_roles(
     assert outcome.app_id_uri == "api://ilevel-token-broker-dev"
     assert roles(graph)["Token.Read.ilevel"] == before
     # The only writes add what operators need (tests/infra below); the URI and the provider role stay.
-    assert all(w.method == "PATCH" and set(w.body) <= {"appRoles", "api"} for w in writes(graph))
+    assert all(w.method == "PATCH" and set(w.body) <= {"appRoles", "api", "optionalClaims"} for w in writes(graph))
     first = len(graph.conversation)
     env.run(graph)
     assert writes(graph, first) == []
@@ -609,3 +609,66 @@ def test_a_given_azure_principal_id_or_the_opt_out_asks_az_nothing(standin_az: P
     assert entra_app.with_deployer(azd(AZURE_PRINCIPAL_ID=DEPLOYER).values)["AZURE_PRINCIPAL_ID"] == DEPLOYER
     assert "AZURE_PRINCIPAL_ID" not in entra_app.with_deployer(azd(BROKER_GRANT_DEPLOYER_OPERATOR="false").values)
     assert json.loads(standin_az.read_text(encoding="utf-8"))["calls"] == []
+
+
+# --- who is an application, who may consent to diagnostics (issue 22 items 8 and 9) ----------------------
+
+
+def test_access_tokens_get_the_idtyp_optional_claim_and_other_claims_stay() -> None:
+    """Entra writes idtyp only as an optional claim: the hook asks for it in access tokens, once."""
+    graph = existing()
+    graph.applications[0]["optionalClaims"] = {
+        "idToken": [{"name": "email", "source": None, "essential": False, "additionalProperties": []}],
+        "accessToken": [{"name": "acct", "source": None, "essential": False, "additionalProperties": []}],
+    }
+    env = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID)
+    outcome = env.run(graph)
+    claims = graph.applications[0]["optionalClaims"]
+    assert [c["name"] for c in claims["accessToken"]] == ["acct", "idtyp"]
+    assert claims["accessToken"][1] == {"name": "idtyp", "source": None, "essential": False, "additionalProperties": []}
+    assert [c["name"] for c in claims["idToken"]] == ["email"]
+    assert "added the optional claim idtyp to access tokens" in outcome.operator_changes
+    first = len(graph.conversation)
+    env.run(graph)
+    assert not [w for w in writes(graph, first) if "optionalClaims" in (w.body or {})]
+
+
+def test_a_new_diagnostics_scope_needs_admin_consent() -> None:
+    """Diagnostics.Run is type Admin: no user can consent to it for an app of their choosing."""
+    graph = fresh()
+    azd().run(graph)
+    (scope,) = api(graph)["oauth2PermissionScopes"]
+    assert (scope["value"], scope["type"], scope["isEnabled"]) == ("Diagnostics.Run", "Admin", True)
+    assert [c["name"] for c in graph.applications[0]["optionalClaims"]["accessToken"]] == ["idtyp"]
+
+
+def test_an_enabled_user_consent_diagnostics_scope_is_disabled_then_rewritten_admin_only() -> None:
+    """Graph refuses to change an enabled scope: disable it in one PATCH, make it Admin in the next; same id,
+    so the Azure CLI's pre-authorisation keeps working."""
+    graph = existing()
+    scope_id = "77777777-0000-4000-8000-0000000000bb"
+    graph.applications[0]["api"] = {
+        "oauth2PermissionScopes": [{"id": scope_id, "value": "Diagnostics.Run", "type": "User", "isEnabled": True}],
+        "preAuthorizedApplications": [{"appId": AZURE_CLI_CLIENT_ID, "delegatedPermissionIds": [scope_id]}],
+    }
+    outcome = azd(BROKER_API_CLIENT_ID=EXISTING_APP_ID).run(graph)
+    (scope,) = api(graph)["oauth2PermissionScopes"]
+    assert (scope["id"], scope["type"], scope["isEnabled"]) == (scope_id, "Admin", True)
+    steps = [w.body["api"]["oauth2PermissionScopes"][0] for w in writes(graph) if "api" in (w.body or {})]
+    assert [(s["type"], s["isEnabled"]) for s in steps] == [("User", False), ("Admin", True)]
+    assert any("admin-consent only (disabled, then rewritten)" in c for c in outcome.operator_changes)
+
+
+def test_clients_in_the_diagnostics_setting_are_pre_authorised_beside_the_azure_cli() -> None:
+    """BROKER_DIAGNOSTICS_CLIENT_IDS (GUIDs, any case) are pre-authorised for Diagnostics.Run; a name is refused."""
+    graph = fresh()
+    client = "8c6d1e2f-3a4b-4c5d-9e6f-7a8b9c0d1e2f"
+    azd(BROKER_DIAGNOSTICS_CLIENT_IDS=f"{client.upper()},").run(graph)
+    (scope,) = api(graph)["oauth2PermissionScopes"]
+    assert sorted(p["appId"] for p in api(graph)["preAuthorizedApplications"]) == sorted([AZURE_CLI_CLIENT_ID, client])
+    assert all(p["delegatedPermissionIds"] == [scope["id"]] for p in api(graph)["preAuthorizedApplications"])
+    env = azd(BROKER_DIAGNOSTICS_CLIENT_IDS=f"{client.upper()},")
+    env.run(fresh())
+    assert env.settings()["BROKER_DIAGNOSTICS_CLIENT_IDS"] == client, "the app takes users through the same clients"
+    with pytest.raises(HookError, match="BROKER_DIAGNOSTICS_CLIENT_IDS"):
+        HookConfig.from_env(azd(BROKER_DIAGNOSTICS_CLIENT_IDS="my-portal").values)

@@ -38,6 +38,9 @@ SCHEMA = {
     "requests": "(timestamp:datetime, id:string, name:string, url:string, success:bool, resultCode:string, "
     "duration:real, performanceBucket:string, customDimensions:dynamic, operation_Id:string, "
     "operation_Name:string, cloud_RoleName:string, itemCount:int)",
+    # The availability test's results (docs/operations.md asks for them after a deployment).
+    "availabilityResults": "(timestamp:datetime, id:string, name:string, location:string, success:bool, "
+    "message:string, duration:real, performanceBucket:string, customDimensions:dynamic, itemCount:int)",
     "AzureDiagnostics": "(TimeGenerated:datetime, ResourceProvider:string, OperationName:string, "
     "identity_claim_appid_g:string, ResultSignature:string, httpStatusCode_d:real, Resource:string)",
 }

@@ -39,7 +39,11 @@ NOT_THROUGH_AZD = {
     "BROKER_FLEET_CACHE_CONNECTION_STRING": "Azurite only; refused unless its endpoint is on loopback",
 }
 # A value per setting suffix that the hook accepts.
-SAMPLE = {"TOKEN_URL": "https://login.my-api.example/oauth2/token", "PROXY_CONCURRENCY": "3"}
+SAMPLE = {
+    "TOKEN_URL": "https://login.my-api.example/oauth2/token",
+    "PROXY_CONCURRENCY": "3",
+    "BROKER_DIAGNOSTICS_CLIENT_IDS": "8c6d1e2f-3a4b-4c5d-9e6f-7a8b9c0d1e2f",
+}
 
 
 def documented_rows() -> list[tuple[str, str, str]]:

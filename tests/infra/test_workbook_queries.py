@@ -45,7 +45,8 @@ def test_the_workbook_has_the_issue_panels_and_bicep_loads_it() -> None:
     """One query per panel of the issue, and workbook.bicep deploys this very file, on Application Insights."""
     assert set(workbook_queries()) == PANELS
     bicep = WORKBOOK_BICEP.read_text(encoding="utf-8")
-    assert "serializedData: loadTextContent('./workbook.json')" in bicep
+    loaded = "json(loadTextContent('./workbook.json'))"
+    assert f"serializedData: string(union({loaded}, {{ fallbackResourceIds: [ applicationInsights.id ] }}))" in bicep
     assert "sourceId: applicationInsights.id" in bicep
     assert "module workbook './app/workbook.bicep'" in (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
 
@@ -79,3 +80,15 @@ def test_the_latency_panel_reads_both_routes() -> None:
     query = workbook_queries()["latency-by-route"]
     assert 'message startswith "request "' in query and 'message startswith "proxy "' in query
     assert "percentile(latency_ms, 50)" in query and "percentile(latency_ms, 95)" in query
+
+
+def test_the_workbook_names_its_component_and_the_docs_say_how_to_see_the_availability_test_work() -> None:
+    """fallbackResourceIds holds the Application Insights component (set at deployment, not an empty list that
+    makes the portal ask); operations.md gives the post-deploy query and what an empty answer means."""
+    bicep = WORKBOOK_BICEP.read_text(encoding="utf-8")
+    assert "fallbackResourceIds: [ applicationInsights.id ]" in bicep
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = operations[operations.index("### After deploying: is the availability test writing results?") :]
+    section = section[: section.index("\n### ", 10)]
+    assert "```kusto\navailabilityResults | take 5\n```" in section
+    assert "**No rows:**" in section and "disableLocalAuth" in section

@@ -28,7 +28,8 @@ MIB = 1024 * 1024
 async def test_a_reflected_token_is_redacted_in_body_links_and_headers_and_logged_with_the_request_id(
     proxy: ProxyApi, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An echoing upstream puts the broker's token in its body, next link, Location and Link: all redacted."""
+    """An echoing upstream puts the broker's token in its body (encoded every way), next link, Location and
+    Link: all redacted."""
     response = await proxy.get(
         "/api/proxy/ilevel/reflect", token=stack.caller(), headers={"X-Request-Id": "req-reflect-0001"}
     )
@@ -38,6 +39,8 @@ async def test_a_reflected_token_is_redacted_in_body_links_and_headers_and_logge
     assert token not in everything
     body = response.json()
     assert body["echo"]["authorization"] == "Bearer " + REDACTED.decode()
+    # Every encoding an echoing server may use: lower-case %xx, JSON \uXXXX, HTML references, base64.
+    assert [body["percent"], body["json"], body["html"], body["basic"]] == [REDACTED.decode()] * 4
     assert REDACTED.decode() in body["links"]["next"] or "%5Bredacted-by-broker%5D" in body["links"]["next"]
     assert "/api/proxy/ilevel/" in body["links"]["next"]
     assert REDACTED.decode() in response.headers["location"]
@@ -59,11 +62,50 @@ async def test_a_link_on_the_apis_origin_outside_the_base_is_a_502(proxy: ProxyA
     assert "outside" in response.json()["error_description"]
 
 
-@pytest.mark.parametrize("path", ["oauth/token", "OAUTH/Token", "oauth/token%2F", "oauth/%74oken"])
+async def test_links_with_dot_segments_never_land_on_another_broker_route(proxy: ProxyApi, stack: Stack) -> None:
+    """<base>../../api/token/ilevel stays as the API wrote it in a body (never <proxy root>../../...), and
+    a Link target on another host is removed while the one inside is rewritten."""
+    response = await proxy.get("/api/proxy/ilevel/dots", token=stack.caller())
+    assert response.status_code == 200
+    links = response.json()["links"]
+    assert "/api/proxy/" not in links["next"] and links["next"].endswith("/v1/../../api/token/ilevel")
+    assert "/api/proxy/" not in links["inner"]
+    assert "elsewhere.example" not in response.headers["link"]
+    assert "/api/proxy/ilevel/entities/assets?page=2" in response.headers["link"]
+
+
+async def test_a_link_header_that_leaves_the_base_through_dot_segments_is_a_502(proxy: ProxyApi, stack: Stack) -> None:
+    """Link: <base>../../api/token/ilevel resolves outside /v1/ on the API's origin: refused like /v2/."""
+    response = await proxy.get("/api/proxy/ilevel/dots?header=link", token=stack.caller())
+    broker_error(response, 502, "invalid_response")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "oauth/token",
+        "OAUTH/Token",
+        "TOKEN/../oauth/TOKEN",
+        "oauth/token%2F",
+        "oauth/%74oken",
+        "oauth/t%6fken",
+        "oauth/token;x",
+        "oauth/token%3Bx",
+        "oauth/token.",
+        "oauth/token..",
+        "oauth/token%2E",
+        "oauth/token%20",
+        "oauth/token.%20.",
+        "oauth/x/../token",
+        "oauth/x/%2e%2e/token",
+        "oauth;v=1/token",
+    ],
+)
 async def test_a_path_that_resolves_to_the_token_url_is_refused_before_anything_is_sent(
     rig: Rig, stack: Stack, path: str
 ) -> None:
-    """With the API root above the token endpoint, /api/proxy/<p>/oauth/token is 400 invalid_request."""
+    """With the API root above the token endpoint, /api/proxy/<p>/oauth/token is 400 invalid_request, however
+    it is spelled: case, percent-encoding, ';' parameters, trailing dots and spaces, dot segments."""
     tokens_root = stack.servers.url("tokens") + "/"
     async with rig.open(BROKER_ILEVEL_API_BASE_URL=tokens_root) as api:
         response = await api.get(f"/api/proxy/ilevel/{path}", token=stack.caller(), method="POST", content=b"x=1")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.proxy.links import Rewriter, is_json, public_root
+from broker.proxy.links import Rewriter, canonical_path, is_json, public_root, remove_dot_segments
 from broker.proxy.stream import REDACTED, JsonLinks, Redactor, token_forms
 
 BASE = "https://api.ilevelsolutions.com/v1/"
@@ -58,12 +60,48 @@ def test_a_body_labelled_json_that_is_not_passes_unchanged() -> None:
 
 
 def test_link_headers_are_rewritten_inside_their_angle_brackets() -> None:
-    """Link: <base...>; rel=next → <root...>; rel=next, other targets untouched."""
-    value = f'<{BASE}entities?page=2>; rel="next", <https://example.com/x>; rel="help"'
-    assert Rewriter(BASE, ROOT).link_header(value) == (
-        f'<{ROOT}entities?page=2>; rel="next", <https://example.com/x>; rel="help"',
-        False,
-    )
+    """Link: <base...>; rel=next → <root...>; rel=next; targets on other hosts are removed."""
+    value = f'<{BASE}entities?page=2>; rel="next", <https://example.com/x>; rel="help, or not"'
+    assert Rewriter(BASE, ROOT).link_header(value) == (f'<{ROOT}entities?page=2>; rel="next"', False)
+    assert Rewriter(BASE, ROOT).link_header('<https://example.com/x>; rel="help"') == ("", False)
+
+
+def test_relative_link_targets_are_resolved_against_the_request_then_rewritten() -> None:
+    """<?page=2> on /v1/entities is <root>entities?page=2; <../../x> leaves the base and is reported."""
+    rewriter = Rewriter(BASE, ROOT)
+    request = BASE + "entities"
+    assert rewriter.link_header('<?page=2>; rel="next"', request) == (f'<{ROOT}entities?page=2>; rel="next"', False)
+    assert rewriter.link_header('<../../x>; rel="next"', request)[1] is True
+
+
+@pytest.mark.parametrize(
+    "link",
+    [BASE + "../../api/token/ilevel", BASE + "a/../../x", BASE + "%2e%2e/x", BASE + "a\\..\\..\\x", BASE + ".."],
+)
+def test_a_link_that_leaves_the_base_after_resolving_dot_segments_is_outside(link: str) -> None:
+    """Never <root>../../x, which a client resolves to another broker route: outside in headers, as
+    written in bodies (like any link off the base)."""
+    rewriter = Rewriter(BASE, ROOT)
+    assert rewriter.place(link) == (link, "outside_base")
+    assert rewriter.link_header(f'<{link}>; rel="next"')[1] is True
+    assert rewriter.location(link, BASE + "e") == (link, "outside_base")
+    assert json.loads(rewriter.json_body(json.dumps({"next": link}).encode())) == {"next": link}
+    escaped = json.dumps({"next": link}).replace("/", "\\/").replace("..", "\\u002e.").encode()
+    assert json.loads(rewriter.json_body(escaped)) == {"next": link}
+
+
+def test_a_json_escape_in_an_earlier_segment_does_not_hide_a_later_dot_segment() -> None:
+    """<base>a\u0041b/../../x in a body: the escape does not stop the search, so the link stays as written."""
+    body = b'{"next": "' + BASE.encode() + rb'a\u0041b/../../x"}'
+    assert json.loads(Rewriter(BASE, ROOT).json_body(body)) == {"next": BASE + "aAb/../../x"}
+
+
+def test_a_link_whose_dot_segments_stay_inside_is_rewritten_resolved_in_headers() -> None:
+    """<base>a/../b is <root>b; dots in the query are not segments."""
+    rewriter = Rewriter(BASE, ROOT)
+    assert rewriter.place(BASE + "a/./../b?x=../..") == (ROOT + "b?x=../..", "inside")
+    body = json.dumps({"next": BASE + "b?x=../.."}).encode()
+    assert json.loads(rewriter.json_body(body)) == {"next": ROOT + "b?x=../.."}
 
 
 def test_locations_are_resolved_then_rewritten_or_reported_outside() -> None:
@@ -221,3 +259,95 @@ def test_the_token_is_redacted_wherever_the_chunks_split_it(parts: list[str], si
     assert token.encode() not in out and quote(token, safe="").encode() not in out
     assert out == Redactor(token_forms(token)).value(data)
     assert out.count(REDACTED) == parts.count("tok") + parts.count("enc")
+
+
+@pytest.mark.parametrize(
+    ("path", "resolved"),
+    [
+        ("/v1/../../x", "/x"),
+        ("/v1/a/./b/../c", "/v1/a/c"),
+        ("/v1/a/..", "/v1/"),
+        ("/v1/%2e%2E/x", "/x"),
+        ("/..", "/"),
+        ("a/../b", "b"),
+    ],
+)
+def test_dot_segments_are_removed_as_rfc_3986_says(path: str, resolved: str) -> None:
+    """§5.2.4, with an encoded dot read as a dot (as a client that decodes it first would)."""
+    assert remove_dot_segments(path) == resolved
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/oauth/token;x", "/oauth/token.", "/oauth/token%20", "/OAUTH/TOKEN", "/oauth/t%6fken", "/oauth/x/../token"],
+)
+def test_the_canonical_path_ignores_what_lenient_servers_ignore(path: str) -> None:
+    """Parameters, trailing dots and spaces, case, percent-encoding and dot segments all fall away."""
+    assert canonical_path(path) == "/oauth/token"
+    assert canonical_path("/oauth/tokens") != "/oauth/token"
+
+
+_TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~+/"
+
+
+def _each_char(token: str, encode: Any) -> str:
+    return "".join(encode(char) for char in token)
+
+
+def _every_way(token: str, mix: list[int]) -> list[str]:
+    """The token as echoing servers write it: every form the redactor must catch."""
+    bearer = base64.b64encode(f"Bearer {token}".encode()).decode()
+    alone = base64.b64encode(token.encode()).decode()
+    per_char = [
+        lambda c: c,
+        lambda c: f"%{ord(c):02X}",
+        lambda c: f"%{ord(c):02x}",
+        lambda c: f"\\u{ord(c):04X}",
+        lambda c: f"\\u{ord(c):04x}",
+        lambda c: f"&#{ord(c)};",
+        lambda c: f"&#x{ord(c):x};",
+        lambda c: f"&#X{ord(c):02X};",
+    ]
+    return [
+        token,
+        quote(token, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(token, safe="")),
+        _each_char(token, lambda c: f"%{ord(c):02x}" if not c.isalnum() else c),
+        quote_plus(token, safe=""),
+        token.replace("/", "\\/"),
+        _each_char(token, lambda c: f"\\u{ord(c):04X}" if c in "+/" else c),
+        _each_char(token, lambda c: f"\\u{ord(c):04x}"),
+        _each_char(token, lambda c: f"&#{ord(c)};" if c in "+/" else c),
+        _each_char(token, lambda c: f"&#x{ord(c):x};"),
+        "".join(per_char[mix[i % len(mix)] % len(per_char)](c) for i, c in enumerate(token)),
+        bearer,
+        bearer.rstrip("="),
+        bearer.replace("+", "-").replace("/", "_").rstrip("="),
+        quote(bearer, safe=""),
+        alone,
+        alone.replace("+", "-").replace("/", "_"),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(_TOKEN_CHARS, min_size=16, max_size=300),
+    st.lists(st.integers(0, 7), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 16), st.sampled_from(["", " ", '", "', ":[", "}\n{", "x="])), max_size=12),
+    st.integers(1, 97),
+)
+def test_a_token_encoded_every_way_is_redacted_wherever_the_chunks_split_it(
+    token: str, mix: list[int], picks: list[tuple[int, str]], size: int
+) -> None:
+    """Upper- and lower-case %XX, form encoding, JSON \\u escapes and \\/, HTML numeric references
+    (decimal and hex), any mix per character, and the base64 of 'Bearer <token>' or of the token:
+    each becomes the marker once, split across chunks or not, and nothing of them is left."""
+    forms = _every_way(token, mix)
+    chosen = [forms[index % len(forms)] for index, _ in picks]
+    data = "".join(form + filler for form, (_, filler) in zip(chosen, picks, strict=True)).encode()
+    redactor = Redactor(token_forms(token))
+    out = b"".join(redactor.feed(data[i : i + size]) for i in range(0, len(data), size)) + redactor.finish()
+    for form in chosen:
+        assert form.encode() not in out
+    assert out.count(REDACTED) == len(chosen) == redactor.found
+    assert out == Redactor(token_forms(token)).value(data)
