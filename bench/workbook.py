@@ -43,8 +43,8 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, HistogramDa
 from bench.asgi import StatusRecorder, http_scope
 from bench.day import SimulatedClock
 from bench.stack import AUDIENCE, ROLE, StandIns, environment, standins
+from broker.app import create_app
 from broker.config import DEFAULT_FLEET_KEY_SECRET, FLEET_CONTAINER, load_settings
-from broker.http import create_app
 from broker.rotation import NEW_VERSION_EVENT, check_rotation_event
 from broker.runtime import Broker, Overrides
 from broker.standin.azurite import ACCOUNT_KEY, Azurite

@@ -35,7 +35,7 @@ def load_local_settings(path: Path) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from broker.http import create_app
+    from broker.app import create_app
     from broker.runtime import Broker
     from broker.serving import BrokerServer, server_config
     from broker.telemetry import configure_exporter

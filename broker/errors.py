@@ -6,6 +6,7 @@ to do, and name the setting or secret involved. They never carry a secret or tok
 value: only names, versions and upstream error codes.
 
     BrokerError
+    ├── InternalError                    500 internal_error: an unexpected failure, naming the request to look up
     ├── ConfigError                      start-up only: a setting is missing or invalid
     ├── BrokerMisconfigured              503 broker_misconfigured: every request while a ConfigError stands
     ├── CallerError                      the request itself is wrong
@@ -15,6 +16,8 @@ value: only names, versions and upstream error codes.
     │   ├── InsufficientScope            403 insufficient_scope
     │   ├── TokenRouteDisabled           403 token_route_disabled: the provider is in proxy mode
     │   ├── NotFound                     404 unknown_provider / not_found / proxy_disabled
+    │   │   └── UnknownProvider          404 unknown_provider (+ the providers, for an operator)
+    │   ├── MethodNotAllowed             405 method_not_allowed (+ Allow)
     │   └── PayloadTooLarge              413 payload_too_large: a proxied body over 1 MiB
     ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
     ├── ProxyBusy                        503 proxy_busy (+ Retry-After): no upstream slot came free in time
@@ -56,6 +59,13 @@ class BrokerError(Exception):
     def retryable(self) -> bool:
         """Whether the same request may succeed later without anyone changing anything."""
         return self.status in (503, 504)
+
+
+class InternalError(BrokerError):
+    """Anything the broker did not raise on purpose, once caught at the boundary: no stack trace, an id to look up."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"The broker failed unexpectedly; the operator finds request {request_id} in its log.")
 
 
 class ConfigError(BrokerError):
@@ -130,6 +140,23 @@ class NotFound(CallerError):
     def __init__(self, description: str, *, code: str = "not_found") -> None:
         super().__init__(description)
         self.code = code
+
+
+class UnknownProvider(NotFound):
+    """A provider name the broker does not serve, answered to an operator: the body lists the ones it does."""
+
+    def __init__(self, description: str, *, providers: tuple[str, ...]) -> None:
+        super().__init__(description, code="unknown_provider")
+        self.providers = providers
+
+
+class MethodNotAllowed(CallerError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"Use {' or '.join(allowed)}.")
+        self.allowed = allowed
 
 
 class AuthorityUnavailable(BrokerError):

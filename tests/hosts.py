@@ -32,8 +32,8 @@ from urllib.parse import parse_qsl
 import azure.functions as func
 import httpx
 
+from broker.app import create_app
 from broker.config import load_settings
-from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS

@@ -22,8 +22,8 @@ import sys
 
 import uvicorn
 
+from broker.app import create_app
 from broker.config import DEFAULT_FLEET_KEY_SECRET, load_settings, local_secret_variable, log_warnings
-from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, server_config
 from broker.standin.dataapi import DataApi

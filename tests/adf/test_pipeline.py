@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.http import token_body
+from broker.routes.token import token_body
 from broker.tokens import Secret, Token
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -83,8 +83,9 @@ def access_line_formats() -> list[str]:
 
     Routes without ``accepts`` (health) write no access line."""
     from broker import http
+    from broker import routes as table
 
-    routes = {id(v): v for v in vars(http).values() if isinstance(v, http.Route) and v.accepts is not None}
+    routes = {id(v): v for v in vars(table).values() if isinstance(v, http.Route) and v.accepts is not None}
     return [route.template().replace("%s", route.kind, 1) for route in routes.values()]
 
 
