@@ -24,7 +24,8 @@ from dataclasses import replace
 from typing import Any
 
 from broker import __version__
-from broker.check import CheckReport, Where, diagnose
+from broker.check import Where, diagnose
+from broker.report import CheckReport
 from broker.runtime import Broker, Provider
 
 # At most one diagnostics run per provider per minute reaches the token endpoint (issue 17): an

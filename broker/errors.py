@@ -22,7 +22,7 @@ value: only names, versions and upstream error codes.
     ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
     ├── ProxyBusy                        503 proxy_busy (+ Retry-After): no upstream slot came free in time
     └── UpstreamError                    a dependency failed
-        ├── SecretError                  Key Vault / local secrets
+        ├── SecretError                  Key Vault / local secrets (+ why: SecretCause)
         │   ├── SecretForbidden          502 key_vault_forbidden
         │   ├── SecretNotFound           502 secret_not_found
         │   ├── SecretDisabled           502 secret_disabled
@@ -38,6 +38,7 @@ value: only names, versions and upstream error codes.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 # A fix needs an operator and a restart: callers need not come back sooner.
 MISCONFIGURED_RETRY_AFTER_S = 300.0
@@ -178,28 +179,60 @@ class UpstreamError(BrokerError):
     code = "upstream_error"
 
 
-class SecretError(UpstreamError):
-    """Reading a configured secret failed."""
+# Why a secret could not be read: decided once, where the store's own exception is translated
+# (broker.secrets), so that nothing above it classifies the Key Vault SDK's exceptions again.
+SecretCause = Literal[
+    "not_found",  # no such secret (locally: no such environment variable)
+    "disabled",  # every version of the secret is disabled
+    "empty",  # the value is empty or only whitespace
+    "forbidden",  # the vault refused (401/403): a missing role, or its network rules; detail: its inner code
+    "identity",  # the credential got no token for the vault, which was never reached; detail: its message
+    "unreachable",  # DNS, TLS, a refused or timed-out connection; detail: which of these
+    "timeout",  # the vault did not answer within the read's budget
+    "throttled",  # the vault answered 429
+    "failing",  # the vault answered 5xx, or failed some other way
+]
 
-    def __init__(self, description: str, *, secret: str, retry_after: float | None = None) -> None:
+
+class SecretError(UpstreamError):
+    """Reading a configured secret failed; ``cause`` says why, ``detail`` what the store said (never a value)."""
+
+    cause: SecretCause = "failing"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        secret: str,
+        retry_after: float | None = None,
+        cause: SecretCause | None = None,
+        detail: str = "",
+    ) -> None:
         super().__init__(description, retry_after=retry_after)
         self.secret = secret
+        if cause is not None:
+            self.cause = cause
+        self.detail = detail
 
 
 class SecretForbidden(SecretError):
     code = "key_vault_forbidden"
+    cause: SecretCause = "forbidden"
 
 
 class SecretNotFound(SecretError):
     code = "secret_not_found"
+    cause: SecretCause = "not_found"
 
 
 class SecretDisabled(SecretError):
     code = "secret_disabled"
+    cause: SecretCause = "disabled"
 
 
 class SecretEmpty(SecretError):
     code = "secret_empty"
+    cause: SecretCause = "empty"
 
 
 class SecretStoreUnavailable(SecretError):

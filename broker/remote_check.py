@@ -19,9 +19,9 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from broker.check import CheckReport, unknown_provider_verdict
 from broker.config import PROVIDER_NAME, is_loopback_host
 from broker.errors import ConfigError
+from broker.report import CheckReport, unknown_provider_verdict
 
 APP_ID_URI_SETTING = "BROKER_APP_ID_URI"
 # A diagnostics run reads Key Vault (15 s budget) and may try three client-authentication variants.
