@@ -22,11 +22,11 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from broker import __version__
 from broker.cache import TokenCache
 from broker.config import DEFAULT_PROXY_SLOT_WAIT_S as DEFAULT_SLOT_WAIT_S
 from broker.config import ProviderConfig
 from broker.errors import InvalidRequest, InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from broker.httpclient import USER_AGENT
 from broker.proxy.headers import RESPONSE_HEADERS, request_headers
 from broker.proxy.links import Rewriter, is_json, origin
 from broker.proxy.slots import Slot, Slots
@@ -35,7 +35,6 @@ from broker.tokens import Token
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"ilevel-token-broker/{__version__}"
 # Proxied POST bodies: enough for any query document; anything bigger is a mistake.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_S = 30.0
