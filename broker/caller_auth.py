@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 import jwt
 
-from broker.config import ProviderConfig, Settings
+from broker.config import ProviderConfig, Setting, Settings
 from broker.errors import AuthorityUnavailable, InsufficientScope, InvalidCallerToken
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class SigningKeys:
     def _unavailable(self) -> AuthorityUnavailable:
         return AuthorityUnavailable(
             "The broker cannot load Entra ID signing keys to check the caller's token; "
-            "check AZURE_AUTHORITY_HOST and BROKER_TENANT_ID, or retry later.",
+            f"check {Setting.AZURE_AUTHORITY_HOST} and {Setting.TENANT_ID}, or retry later.",
             retry_after=METADATA_RETRY_S,
         )
 

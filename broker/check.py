@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import jwt
 
-from broker.config import ProviderConfig, Settings, local_secret_variable
+from broker.config import AzdName, ProviderConfig, Setting, Settings, local_secret_variable
 from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import (
     BrokerError,
@@ -103,7 +103,9 @@ def start_up_warnings(settings: Settings) -> list[str]:
     """What ``serve`` logs at start-up (config.log_warnings), as report lines."""
     warnings = list(settings.warnings)
     if settings.caller_auth_disabled:
-        warnings.append("caller authentication is off (BROKER_INSECURE_DISABLE_CALLER_AUTH): local development only")
+        warnings.append(
+            f"caller authentication is off ({Setting.INSECURE_DISABLE_CALLER_AUTH}): local development only"
+        )
     return warnings
 
 
@@ -194,11 +196,13 @@ def _secret_verdict(error: SecretError, settings: Settings, where: Where) -> str
             return _credential_verdict(error.detail, settings, where.env)
         case "unreachable":
             return (
-                f"check KEY_VAULT_URL: the vault host {vault} cannot be reached ({error.detail}); "
+                f"check {Setting.KEY_VAULT_URL}: the vault host {vault} cannot be reached ({error.detail}); "
                 "is the vault name right, and does its firewall admit this machine?"
             )
         case "timeout":
-            return f"check KEY_VAULT_URL: the vault host {vault} did not answer in time; is it the right vault?"
+            return (
+                f"check {Setting.KEY_VAULT_URL}: the vault host {vault} did not answer in time; is it the right vault?"
+            )
         case "throttled" | "failing":
             return f"retry later: Key Vault {vault} is throttling or failing ({error.description})"
         case "forbidden":
@@ -221,7 +225,7 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
             f"check from inside the app: Key Vault {vault} answered 403 ForbiddenByConnection: its public network "
             "access is disabled, so this machine cannot read it, and no role assignment changes that. Run "
             "python -m broker check --remote https://<app>.azurewebsites.net, or open the vault to your address "
-            "(azd env set BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision)"
+            f"(azd env set {AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision)"
         )
     if denial == "ForbiddenByFirewall" and where.inside_app:
         return (
@@ -234,12 +238,16 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
         return (
             f"open the vault's firewall to this machine: Key Vault {vault} answered 403 ForbiddenByFirewall: its "
             "firewall does not admit this address, and no role assignment changes that. Add it (azd env set "
-            "BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision), or run python -m broker check "
+            f"{AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision), or run python -m broker check "
             "--remote https://<app>.azurewebsites.net"
         )
     if where.inside_app:
         client_id = settings.managed_identity_client_id
-        who = f"the app's managed identity (AZURE_CLIENT_ID={client_id})" if client_id else "the app's managed identity"
+        who = (
+            f"the app's managed identity ({Setting.AZURE_CLIENT_ID}={client_id})"
+            if client_id
+            else "the app's managed identity"
+        )
         extra = " (azd up assigns it; a new assignment can take a few minutes to apply)"
     else:
         who = "the account DefaultAzureCredential signed in with (az login)"
@@ -257,19 +265,23 @@ def _credential_verdict(message: str, settings: Settings, env: Mapping[str, str]
     ``message`` is the credential's own."""
     client_id = settings.managed_identity_client_id
     if env.get("IDENTITY_ENDPOINT"):
-        who = f"user-assigned, AZURE_CLIENT_ID={client_id}" if client_id else "system-assigned (no AZURE_CLIENT_ID)"
+        who = (
+            f"user-assigned, {Setting.AZURE_CLIENT_ID}={client_id}"
+            if client_id
+            else f"system-assigned (no {Setting.AZURE_CLIENT_ID})"
+        )
         detail = _first_line(message)
         return (
             f"fix the managed identity: ManagedIdentityCredential ({who}) got no token for Key Vault ({detail}). "
-            "In Azure, assign the user-assigned identity to the Function App and set AZURE_CLIENT_ID to its client "
-            "id (azd up does both)"
+            "In Azure, assign the user-assigned identity to the Function App and set "
+            f"{Setting.AZURE_CLIENT_ID} to its client id (azd up does both)"
         )
     cli = _credential_line(message, "AzureCliCredential")
     tried = f" (Azure CLI: {cli})" if cli else ""
     return (
         f"sign in: DefaultAzureCredential found no credential for Key Vault{tried}. Run `az login` with an account "
         "that may read the vault's secrets (Key Vault Secrets User or Officer), then run check again; on an Azure "
-        "VM or container, set AZURE_CLIENT_ID to its managed identity's client id"
+        f"VM or container, set {Setting.AZURE_CLIENT_ID} to its managed identity's client id"
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from broker import __version__
 from broker.check import Where, diagnose
+from broker.config import Setting
 from broker.report import CheckReport
 from broker.runtime import Broker, Provider
 
@@ -135,7 +136,7 @@ def cache_state(provider: Provider, now: float) -> dict[str, Any]:
 def fleet_state(broker: Broker, provider: str) -> dict[str, Any]:
     """The fleet token cache's state for one provider (:meth:`broker.fleet.Fleet.diagnostics`), or ``off``."""
     if broker.fleet is None:
-        return {"state": "off", "summary": "off (BROKER_FLEET_CACHE_URL is not set)"}
+        return {"state": "off", "summary": f"off ({Setting.FLEET_CACHE_URL} is not set)"}
     return dict(broker.fleet.diagnostics(provider))
 
 

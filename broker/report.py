@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.config import Setting
+
 
 @dataclass
 class CheckReport:
@@ -108,4 +110,4 @@ class CheckReport:
 
 
 def unknown_provider_verdict(name: str, providers: list[str]) -> str:
-    return f"add provider {name!r} to BROKER_PROVIDERS (now: {', '.join(providers)}), or check its spelling"
+    return f"add provider {name!r} to {Setting.PROVIDERS} (now: {', '.join(providers)}), or check its spelling"

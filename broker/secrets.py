@@ -32,7 +32,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from broker.config import ProviderConfig, local_secret_variable
+from broker.config import ProviderConfig, Setting, local_secret_variable
 from broker.errors import (
     SecretDisabled,
     SecretEmpty,
@@ -197,7 +197,7 @@ class EnvironmentSecretStore:
     Read at every fetch, so changing the variable (e.g. in a test) acts like a new version.
     """
 
-    location = "the environment (no KEY_VAULT_URL set)"
+    location = f"the environment (no {Setting.KEY_VAULT_URL} set)"
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = os.environ if env is None else env
@@ -207,7 +207,8 @@ class EnvironmentSecretStore:
         raw = self._env.get(variable)
         if raw is None:
             raise SecretNotFound(
-                f"Secret {name!r} is not set: with no KEY_VAULT_URL, set the environment variable {variable}.",
+                f"Secret {name!r} is not set: with no {Setting.KEY_VAULT_URL}, "
+                f"set the environment variable {variable}.",
                 secret=name,
             )
         value = clean_secret(name, raw)
@@ -319,7 +320,7 @@ class KeyVaultSecretStore:
             # Raised by the credential, before Key Vault was reached.
             return SecretStoreUnavailable(
                 f"The managed identity {self._identity} could not get a token for {where}: "
-                f"{type(exc).__name__}. Check AZURE_CLIENT_ID and that the identity is assigned to the app.",
+                f"{type(exc).__name__}. Check {Setting.AZURE_CLIENT_ID} and that the identity is assigned to the app.",
                 secret=name,
                 retry_after=KEY_VAULT_RETRY_AFTER_S,
                 cause="identity",
@@ -352,7 +353,7 @@ class KeyVaultSecretStore:
             reason = _network_reason(exc)
             return SecretStoreUnavailable(
                 f"{where} is unreachable reading secret {name!r}: {reason}. "
-                "Check KEY_VAULT_URL, DNS, TLS trust and the vault's firewall.",
+                f"Check {Setting.KEY_VAULT_URL}, DNS, TLS trust and the vault's firewall.",
                 secret=name,
                 retry_after=KEY_VAULT_RETRY_AFTER_S,
                 cause="unreachable",

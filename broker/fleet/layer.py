@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from broker.cache import FORCE_INTERVAL_S, Fetch, ForceDeclined, Want, effective_min_validity, refresh_threshold
-from broker.config import ProviderConfig
+from broker.config import ProviderConfig, Setting
 from broker.errors import BrokerError, SecretError, UpstreamTimeout, UpstreamUnavailable
 from broker.fleet.record import (
     MIN_KEY_CHARS,
@@ -181,7 +181,7 @@ class FleetLayer:
         except SecretError as error:
             raise _KeyUnavailable(
                 f"reading secret {error.secret} from {self._secrets.location} failed ({error.code}); "
-                f"the cache key lives in secret {self._key_secret} (BROKER_FLEET_CACHE_KEY_SECRET)"
+                f"the cache key lives in secret {self._key_secret} ({Setting.FLEET_CACHE_KEY_SECRET})"
             ) from None
         if len(key.value) < MIN_KEY_CHARS:
             raise _KeyUnavailable(
