@@ -47,6 +47,16 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 CallerKind = Literal["application", "user"]
 
+# What a person sees when a caller signed a user in. The usual cause is a connection set to
+# "Organizational account" (Fabric, Power Automate) or a notebook's own token; docs/callers.md has
+# each caller's recipe. It names no claim: only what the caller chose, never what its token holds.
+USER_TOKEN_REFUSED = (
+    "The caller token is a delegated (user) token: the caller signed a user in, e.g. a connection set to "
+    '"Organizational account" (Fabric, Power Automate) or a notebook\'s own token (notebookutils). This route '
+    "requires an application token: authenticate with a managed identity or a service principal that holds the "
+    "broker's Token.Read app role. docs/callers.md has the settings for each caller."
+)
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -88,12 +98,7 @@ class Accepts:
 
     def admit(self, caller: Caller) -> None:
         if caller.kind == "user" and not self.users:
-            raise InvalidCallerToken(
-                "The caller token is a delegated (user) token; this route requires an application "
-                "(managed identity) token: call it with the identity of the factory or app, e.g. an ADF "
-                "Web activity with MSI authentication.",
-                reason="not_application",
-            )
+            raise InvalidCallerToken(USER_TOKEN_REFUSED, reason="not_application")
         if caller.kind == "application" and not self.applications:
             raise InvalidCallerToken(
                 "The caller token is an application token; this route requires a signed-in user's (delegated) token.",

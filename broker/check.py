@@ -224,7 +224,8 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
         return (
             f"check from inside the app: Key Vault {vault} answered 403 ForbiddenByConnection: its public network "
             "access is disabled, so this machine cannot read it, and no role assignment changes that. Run "
-            "python -m broker check --remote https://<app>.azurewebsites.net, or open the vault to your address "
+            "python -m broker check --remote https://<app>.azurewebsites.net --app-id-uri <App ID URI>, or open the "
+            "vault to your address "
             f"(azd env set {AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision)"
         )
     if denial == "ForbiddenByFirewall" and where.inside_app:
@@ -239,7 +240,7 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
             f"open the vault's firewall to this machine: Key Vault {vault} answered 403 ForbiddenByFirewall: its "
             "firewall does not admit this address, and no role assignment changes that. Add it (azd env set "
             f"{AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision), or run python -m broker check "
-            "--remote https://<app>.azurewebsites.net"
+            "--remote https://<app>.azurewebsites.net --app-id-uri <App ID URI>"
         )
     if where.inside_app:
         client_id = settings.managed_identity_client_id

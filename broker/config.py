@@ -47,7 +47,7 @@ FRONT_END_TIMEOUT_S = 230.0
 DEFAULT_PROXY_TIMEOUT_S = 120.0
 MAX_PROXY_TIMEOUT_S = 160.0
 # iLevel's largest page is a JSON:API page of at most 998 assets, a few MiB: 32 MiB leaves room
-# for any page, and keeps the Functions host's worst case (below) at a third of a 2,048 MB instance.
+# for any page, and keeps the Functions host's worst case (below, 896 MB) at 44% of a 2,048 MB instance.
 DEFAULT_PROXY_MAX_RESPONSE_MB = 32
 # Upstream requests in flight per provider per instance: an ADF ForEach with batch count 50
 # must not become 50 parallel calls against iLevel's rate limits.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, SecretNotFound
 from broker.runtime import Broker
 from broker.secrets import Credentials
 
@@ -79,19 +79,37 @@ async def _verify(broker: Broker, provider_name: str, secret: str, version: str 
         client_id, client_secret = [await broker.secrets.read(n, version if n == secret else None) for n in names]
         credentials = Credentials(client_id=client_id, client_secret=client_secret)
         await provider.source.try_credentials(credentials)
-    except BrokerError as error:
-        log.error(
-            "rotation FAILED: provider %s, secret %s version %s: %s (%s)",
+    except SecretNotFound as error:
+        if error.secret == secret:
+            return _failed(provider_name, secret, version, error)
+        # The pair's other secret is not stored yet: a first setup writes one, then the other. Not a
+        # failed rotation (no alert); the second write's event checks the pair.
+        log.warning(
+            "rotation check: provider %s: secret %s is stored, %s not yet (a first setup?); nothing to verify "
+            "until both exist: the event of the second write checks the pair",
             provider_name,
             secret,
-            version or "latest",
-            error.code,
-            error.description,
+            error.secret,
         )
-        return RotationResult(provider_name, secret, version or "latest", False, error.code)
+        return RotationResult(provider_name, secret, version or "latest", False, "pair_incomplete")
+    except BrokerError as error:
+        return _failed(provider_name, secret, version, error)
     log.info(
         "rotation verified: provider %s accepted %s",
         provider_name,
         credentials.describe(),
     )
     return RotationResult(provider_name, secret, version or "latest", True, "ok")
+
+
+def _failed(provider_name: str, secret: str, version: str | None, error: BrokerError) -> RotationResult:
+    """One "rotation FAILED" line: what the rotationFailed alert counts (infra/app/alerts.bicep)."""
+    log.error(
+        "rotation FAILED: provider %s, secret %s version %s: %s (%s)",
+        provider_name,
+        secret,
+        version or "latest",
+        error.code,
+        error.description,
+    )
+    return RotationResult(provider_name, secret, version or "latest", False, error.code)

@@ -94,6 +94,9 @@ class Broker:
                 sleep=o.sleep,
             )
             secrets = self.telemetry.instrument_secrets(self.secrets, name)
+            if self.fleet is not None:
+                # The fleet layer's client-id read is handed to the source: one read per fetch.
+                secrets = self.fleet.reads(secrets)
             source = TokenSource(
                 config,
                 secrets,

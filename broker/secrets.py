@@ -133,12 +133,23 @@ class Credentials:
         return f"secrets {self.client_id.describe()} and {self.client_secret.describe()}"
 
 
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a secret as listed: no value (Key Vault's secret metadata, readable by the same role)."""
+
+    version: str
+    created: float | None
+    enabled: bool
+
+
 class SecretStore(Protocol):
     """Where secrets come from. Implementations translate their errors into SecretError."""
 
     location: str
 
     async def read(self, name: str, version: str | None = None) -> SecretValue: ...
+
+    async def versions(self, name: str) -> list[VersionInfo]: ...
 
 
 async def read_pair(
@@ -216,6 +227,11 @@ class EnvironmentSecretStore:
         version = "env-" + fingerprint(value.reveal())
         return SecretValue(name=name, version=version, value=value, problems=value_problems(raw), id=f"env:{variable}")
 
+    async def versions(self, name: str) -> list[VersionInfo]:
+        """Locally a secret has one version: the value's fingerprint."""
+        current = await self.read(name)
+        return [VersionInfo(version=current.version, created=None, enabled=True)]
+
 
 class SecretClientLike(Protocol):
     """The part of azure.keyvault.secrets.SecretClient the broker uses."""
@@ -288,6 +304,24 @@ class KeyVaultSecretStore:
             enabled=secret.properties.enabled is not False,
             created=created.timestamp() if created is not None else None,
         )
+
+    async def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of ``name`` with its creation time and state, without reading any value."""
+        return await asyncio.to_thread(self._versions, name)
+
+    def _versions(self, name: str) -> list[VersionInfo]:
+        try:
+            listed = list(self._client.list_properties_of_secret_versions(name))
+        except AzureError as exc:
+            raise self._translate(name, exc) from exc
+        return [
+            VersionInfo(
+                version=str(p.version or ""),
+                created=p.created_on.timestamp() if p.created_on is not None else None,
+                enabled=p.enabled is not False,
+            )
+            for p in listed
+        ]
 
     def _newest_enabled(self, name: str) -> Any:
         """The latest version is disabled: fall back to the newest enabled one, loudly."""

@@ -25,7 +25,7 @@ from broker.errors import BrokerError
 if TYPE_CHECKING:
     from broker.cache import Served
     from broker.endpoint import TokenEndpoint
-    from broker.secrets import Credentials, SecretStore, SecretValue
+    from broker.secrets import Credentials, SecretStore, SecretValue, VersionInfo
     from broker.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Telemetry:
         self.remaining.record(max(0.0, served.token.remaining(now)), {"provider": provider, "outcome": outcome})
 
     def fleet_event(self, provider: str, event: str) -> None:
-        """hit, miss, lease_won, lease_lost, wait, fallback or decrypt_failure (docs/operations.md)."""
+        """hit, miss, lease_won, lease_lost, wait, fallback, decrypt_failure or rejected (docs/operations.md)."""
         self.fleet_events.add(1, {"provider": provider, "event": event})
 
     def token_failed(self, provider: str, error: BrokerError) -> None:
@@ -149,6 +149,9 @@ class _TracedSecrets:
                 raise
             finally:
                 self._t.secret_reads.add(1, {"provider": self._provider, "secret": name, "outcome": outcome})
+
+    async def versions(self, name: str) -> list[VersionInfo]:
+        return await self._inner.versions(name)
 
 
 # Who exports the broker's telemetry to Application Insights (docs/operations.md, "What is sent by whom").

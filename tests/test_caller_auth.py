@@ -282,7 +282,7 @@ async def test_a_delegated_token_gets_401_on_the_token_route_even_when_its_appid
     async with open_host(host, broker) as client:
         response = await Api(client, stack).get("/api/token/ilevel", token=token)
     assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
-    assert "application (managed identity) token" in response.json()["error_description"]
+    assert "requires an application token" in response.json()["error_description"]
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
     assert stack.tokens.request_count == 0
     await broker.aclose()
@@ -300,7 +300,7 @@ async def test_a_delegated_token_gets_401_on_the_proxy_route_before_anything_ups
         response = await Api(client, stack).get("/api/proxy/ilevel/entities/assets", token=token)
     assert (response.status_code, response.json()["error"]) == (401, "invalid_token")
     assert response.headers["x-broker-error"] == "invalid_token"
-    assert "application (managed identity) token" in response.json()["error_description"]
+    assert "requires an application token" in response.json()["error_description"]
     assert stack.tokens.request_count == 0
     await broker.aclose()
 

@@ -277,6 +277,38 @@ async def test_rotation_check_reports_a_wrong_new_version_as_failed_in_one_line(
     assert "invalid_client" in lines[0]
 
 
+async def test_the_first_write_of_a_pair_is_no_failed_rotation(
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    """A first setup stores the client id before the secret: one warning naming both, no "rotation FAILED"."""
+    stack.kv.delete("ilevel-client-id")
+    stack.kv.delete(SECRET)
+    version = stack.kv.set_secret("ilevel-client-id", stack.client_id)
+    async with rig_on(stack, host) as rig:
+        await started(rig)
+        assert rig.broker is not None
+        results = await check_rotation_event(rig.broker, event(version, name="ilevel-client-id"))
+    assert [(r.ok, r.detail) for r in results] == [(False, "pair_incomplete")]
+    assert rotation_lines(caplog) == []
+    warning = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rotation check: provider")]
+    assert len(warning) == 1 and "ilevel-client-id is stored, ilevel-client-secret not yet" in warning[0]
+    assert stack.tokens.request_count == 0
+
+
+async def test_a_new_version_that_is_gone_again_is_a_failed_rotation(
+    stack: Stack, caplog: pytest.LogCaptureFixture, host: str
+) -> None:
+    """The event's own secret missing (deleted since) is still a failure: "rotation FAILED" secret_not_found."""
+    version = stack.kv.versions(SECRET)[-1]
+    stack.kv.delete(SECRET)
+    async with rig_on(stack, host) as rig:
+        await started(rig)
+        assert rig.broker is not None
+        results = await check_rotation_event(rig.broker, event(version), subject=SECRET)
+    assert [(r.ok, r.detail) for r in results] == [(False, "secret_not_found")]
+    assert len(rotation_lines(caplog)) == 1
+
+
 @pytest.mark.parametrize(
     ("case", "data", "event_type"),
     [

@@ -17,7 +17,8 @@ from typing import Any
 from broker.cache import Fetch
 from broker.config import FleetSettings, ProviderConfig
 from broker.fleet.layer import FleetLayer
-from broker.fleet.store import BlobStore
+from broker.fleet.reads import HandOver
+from broker.fleet.store import BlobStore, Store
 from broker.secrets import SecretStore
 
 __all__ = ["Fleet", "FleetLayer"]
@@ -40,7 +41,7 @@ class Fleet:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        store: BlobStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
         self.store = store or BlobStore(settings, credential)
@@ -51,13 +52,18 @@ class Fleet:
         self._sleep = sleep
         self.layers: dict[str, FleetLayer] = {}
 
+    def reads(self, secrets: SecretStore) -> HandOver:
+        """The provider's secret store for both its source and its fleet layer: the client id the layer
+        reads to name the blob is handed to the source's next read (one Key Vault read per fetch)."""
+        return HandOver(secrets)
+
     def wrap(self, provider: ProviderConfig, fetch: Fetch, secrets: SecretStore) -> Fetch:
-        """``fetch`` behind this provider's fleet layer."""
+        """``fetch`` behind this provider's fleet layer (``secrets``: the source's, from :meth:`reads`)."""
         layer = FleetLayer(
             provider,
             fetch,
             store=self.store,
-            secrets=secrets,
+            secrets=secrets if isinstance(secrets, HandOver) else HandOver(secrets),
             key_secret=self.settings.key_secret,
             instance=self.instance,
             event=lambda name: self._event(provider.name, name),

@@ -8,11 +8,15 @@ layer → source) and has the same signature, ``fetch(want) -> Token``:
 2. Otherwise take a 15 s lease, re-read, and fetch only if still needed; the lease is renewed
    while the fetch runs. Write under the lease with the ETag read, then release.
 3. When another instance holds the lease, poll the blob with jitter, at most a lease length
-   (then take the expired lease, or fetch on our own). A dead leader blocks no one past its lease.
+   (then take the expired lease). A lease held past its length with no token written degrades
+   this instance (below): a dead or hostile holder costs one wait, not one per miss.
 4. Shared state inside the record: a 429/503/outage backoff every instance honours, and the
    once-per-30 s force limit, fleet-wide.
+5. A record is trusted only within bounds (:meth:`FleetLayer._admit`, :func:`~broker.fleet.record.clamped`,
+   :mod:`broker.fleet.keys`): the current or previous key version, the credential versions read now,
+   never older than one already read, a capped backoff and token lifetime.
 
-Storage or the cache key failing costs latency, never an answer: a circuit opens for
+Storage, the cache key or a stuck lease costs latency, never an answer: a circuit opens for
 :data:`CIRCUIT_OPEN_S`, the layer passes straight through to the source, one WARNING
 ``fleet cache degraded:`` marks the change and one INFO ``fleet cache restored:`` its end.
 """
@@ -29,20 +33,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from broker.cache import FORCE_INTERVAL_S, Fetch, ForceDeclined, Want, effective_min_validity, refresh_threshold
-from broker.config import ProviderConfig, Setting
+from broker.config import ProviderConfig
 from broker.errors import BrokerError, SecretError, UpstreamTimeout, UpstreamUnavailable
+from broker.fleet.keys import Key, KeyRing, KeyUnavailable
+from broker.fleet.reads import HandOver
 from broker.fleet.record import (
-    MIN_KEY_CHARS,
+    BACKOFF_CAP_S,
+    MAX_LIFETIME_S,
     Record,
     RecordInvalid,
     blob_name,
-    derive_key,
+    clamped,
     key_version_of,
     open_record,
     seal,
 )
-from broker.fleet.store import BlobStore, StoreUnavailable, WriteConflict
-from broker.secrets import SecretStore
+from broker.fleet.store import Store, StoreUnavailable, WriteConflict
+from broker.secrets import SecretValue
 from broker.tokens import Token
 
 log = logging.getLogger("broker.fleet")
@@ -56,13 +63,12 @@ POLL_MIN_S = 0.05
 POLL_MAX_S = 0.3
 # After storage or the key failed: pass straight through this long before trying storage again.
 CIRCUIT_OPEN_S = 30.0
-# A recorded backoff is capped (a Retry-After of a day must not stall the fleet for a day);
-# an outage without Retry-After gets a short jittered one, so instances do not return in step.
-BACKOFF_CAP_S = 300.0
+# An outage without Retry-After gets a short jittered backoff, so instances do not return in step
+# (a recorded backoff is capped at BACKOFF_CAP_S, broker.fleet.record).
 OUTAGE_BACKOFF_S = (5.0, 15.0)
 # ADF's Web activity times out after 60 s: no caller waits in this layer longer than this.
 CALLER_BUDGET_S = 55.0
-# Reading the client id and the cache key (managed-identity token and Key Vault together).
+# Reading the client id, the client secret's versions and the cache key (managed-identity token and Key Vault).
 KEY_READ_BUDGET_S = 10.0
 
 Event = Callable[[str], None]
@@ -70,11 +76,13 @@ Event = Callable[[str], None]
 
 @dataclass(frozen=True)
 class _Context:
-    """What one fetch needs: the blob's name and the current key (and its version)."""
+    """What one fetch needs: the blob's name, the current key, and the credential versions read now."""
 
     name: str
-    key: bytes
-    key_version: str
+    key: Key
+    client_id_version: str
+    # The client secret's current version (several only if they share Key Vault's one-second ``created``).
+    secret_versions: frozenset[str]
 
 
 class Circuit:
@@ -120,8 +128,8 @@ class FleetLayer:
         provider: ProviderConfig,
         inner: Fetch,
         *,
-        store: BlobStore,
-        secrets: SecretStore,
+        store: Store,
+        secrets: HandOver,
         key_secret: str,
         instance: str,
         event: Event,
@@ -134,64 +142,80 @@ class FleetLayer:
         self._inner = inner
         self._store = store
         self._secrets = secrets
-        self._key_secret = key_secret
+        self._keys = KeyRing(secrets, key_secret, failure_s=CIRCUIT_OPEN_S, monotonic=monotonic)
         self._instance = instance
         self._event = event
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._keys: dict[str, bytes] = {}
         self._warned: str | None = None
+        # The longest lifetime of a token this instance fetched itself: no record's token may claim more.
+        self._longest_lifetime: float | None = None
+        # The newest record this instance has seen (its written_at): an older one is a replay.
+        self._newest_seen = float("-inf")
         self.circuit = Circuit(provider.name, store.location, monotonic)
 
     async def fetch(self, want: Want | None = None) -> Token:
         want = want or Want()
         if not self.circuit.allows():
             self._event("fallback")
-            return await self._inner(want)
+            return await self._fetch_inner(want)
         started = self._monotonic()
         try:
-            context = await self._context()
-            return await self._through_fleet(context, want, started)
+            context, client_id = await self._context()
         except StoreUnavailable as failure:
             self._degrade(f"{self._store.location} failed: {failure.reason}")
-        except _KeyUnavailable as failure:
+            return await self._fetch_inner(want)
+        except KeyUnavailable as failure:
             self._degrade(failure.reason)
-        return await self._inner(want)
+            return await self._fetch_inner(want)
+        with self._secrets.handing_over(client_id):
+            try:
+                return await self._through_fleet(context, want, started)
+            except StoreUnavailable as failure:
+                self._degrade(f"{self._store.location} failed: {failure.reason}")
+            return await self._fetch_inner(want)
 
     def _degrade(self, reason: str) -> None:
         self.circuit.failed(reason)
         self._event("fallback")
 
-    async def _context(self) -> _Context:
-        """The client id (to name the blob) and the current cache key, read together (one identity token)."""
+    async def _fetch_inner(self, want: Want) -> Token:
+        """The source's fetch; the lifetimes it returns bound what a record may claim."""
+        token = await self._inner(want)
+        if self._longest_lifetime is None or token.lifetime > self._longest_lifetime:
+            self._longest_lifetime = token.lifetime
+        return token
+
+    async def _context(self) -> tuple[_Context, SecretValue]:
+        """The client id (to name the blob), the client secret's versions and the current key, read together.
+
+        The client id read here is handed to the source's next read of it (one read per fetch)."""
+        client_id_secret = self.provider.client_id_secret
         try:
             async with asyncio.timeout(KEY_READ_BUDGET_S):
-                client_id, key, _ = await asyncio.gather(
-                    self._secrets.read(self.provider.client_id_secret),
-                    self._secrets.read(self._key_secret),
+                client_id, listed, key, _ = await asyncio.gather(
+                    self._secrets.read(client_id_secret),
+                    self._secrets.versions(self.provider.client_secret_secret),
+                    self._keys.current(),
                     self._store.prepare(),
                 )
         except TimeoutError:
-            raise _KeyUnavailable(
+            raise KeyUnavailable(
                 f"{self._secrets.location} did not answer within {KEY_READ_BUDGET_S:.0f} s reading "
-                f"{self.provider.client_id_secret} and the cache key secret {self._key_secret}"
+                f"{client_id_secret}, the versions of {self.provider.client_secret_secret} and the cache key"
             ) from None
         except SecretError as error:
-            raise _KeyUnavailable(
+            raise KeyUnavailable(
                 f"reading secret {error.secret} from {self._secrets.location} failed ({error.code}); "
-                f"the cache key lives in secret {self._key_secret} ({Setting.FLEET_CACHE_KEY_SECRET})"
+                "the fleet cache needs the client id, the client secret's versions and the cache key"
             ) from None
-        if len(key.value) < MIN_KEY_CHARS:
-            raise _KeyUnavailable(
-                f"the cache key secret {self._key_secret} (version {key.version}) is shorter than "
-                f"{MIN_KEY_CHARS} characters; set a value with at least 256 bits of entropy"
-            )
-        if key.version not in self._keys:
-            self._keys[key.version] = derive_key(key.value)
+        enabled = [v for v in listed if v.enabled]
+        newest = max((v.created or 0.0 for v in enabled), default=0.0)
+        secret_versions = frozenset(v.version for v in enabled if (v.created or 0.0) == newest)
         name = blob_name(self.provider.name, self.provider.token_url, client_id.value.reveal())
-        return _Context(name=name, key=self._keys[key.version], key_version=key.version)
+        return _Context(name, key, client_id.version, secret_versions), client_id
 
     async def _through_fleet(self, context: _Context, want: Want, started: float) -> Token:
         snapshot = await self._store.read(context.name)
@@ -223,10 +247,11 @@ class FleetLayer:
                 self._event("hit")
                 return token
             leased = snapshot.leased
-        # The lease outlived its length without a token: its holder is stuck. Fetch on our own.
-        self._event("fallback")
-        log.info(
-            "fleet cache: provider %s: the lease holder wrote no token in %d s; fetching", self.provider.name, LEASE_S
+        # The lease outlived its length without a token: its holder is stuck (or holds it on purpose).
+        # Degraded: the next fetches skip the wait for the circuit's length.
+        self._degrade(
+            f"a lease on the shared blob in {self._store.location} was held past its {LEASE_S} s "
+            "without a token written"
         )
         return await self._own_fetch(want, started)
 
@@ -234,7 +259,7 @@ class FleetLayer:
         left = CALLER_BUDGET_S - (self._monotonic() - started)
         try:
             async with asyncio.timeout(max(1.0, left)):
-                return await self._inner(want)
+                return await self._fetch_inner(want)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"Fetching a token for provider {self.provider.name} after waiting for another broker instance "
@@ -254,17 +279,18 @@ class FleetLayer:
             base = record or Record()
             now = self._clock()
             try:
-                token = await self._inner(want)
+                token = await self._fetch_inner(want)
             except BrokerError as error:
                 backoff = self._backoff(error)
                 if backoff is not None:
                     error.retry_after = backoff
+                    answered = self._clock()  # a Retry-After counts from the answer, not from the request
                     backed_off = replace(
                         base,
-                        backoff_until=now + backoff,
+                        backoff_until=answered + backoff,
                         backoff_reason=_reason(error),
                         writer=self._instance,
-                        written_at=now,
+                        written_at=answered,
                     )
                     await self._write(context, backed_off, lease, snapshot.etag)
                 raise
@@ -285,7 +311,7 @@ class FleetLayer:
     async def _keep(self, name: str, lease: str) -> None:
         """Renew the lease while the fetch runs (Key Vault and the token endpoint can outlast 15 s)."""
         while True:
-            await asyncio.sleep(RENEW_EVERY_S)
+            await self._sleep(RENEW_EVERY_S)
             try:
                 await self._store.renew(name, lease)
             except StoreUnavailable as failure:
@@ -293,45 +319,57 @@ class FleetLayer:
 
     async def _write(self, context: _Context, record: Record, lease: str, etag: str | None) -> None:
         """Write under the lease; a failure here never costs the caller the token already fetched."""
-        data = seal(record, name=context.name, key=context.key, key_version=context.key_version)
+        data = seal(record, name=context.name, key=context.key.material, key_version=context.key.version)
         try:
             await self._store.write(context.name, data, lease_id=lease, etag=etag)
         except WriteConflict:
             log.info("fleet cache: provider %s: the blob changed under the lease; not written", self.provider.name)
+            return
         except StoreUnavailable as failure:
             self._degrade(f"{self._store.location} failed writing: {failure.reason}")
+            return
+        self._newest_seen = max(self._newest_seen, record.written_at)
 
     async def _open(self, context: _Context, data: bytes | None, etag: str | None) -> Record | None:
-        """The blob's record, or None when it is missing, empty, or cannot be opened (a miss plus a warning)."""
+        """The blob's record, or None when it is missing, empty, cannot be opened or is not to be trusted
+        (a miss plus one warning per blob version)."""
         if data is None:
             return None
         try:
             version = key_version_of(data)
-            key = context.key if version == context.key_version else await self._older_key(version)
-            return open_record(data, name=context.name, key=key)
+            key = await self._keys.opener(version, context.key)
+            record = self._admit(open_record(data, name=context.name, key=key), context)
         except RecordInvalid as invalid:
-            self._event("decrypt_failure")
+            self._event("rejected" if invalid.opened else "decrypt_failure")
             if self._warned != etag:  # once per blob version, not per poll
                 self._warned = etag
                 log.warning(
-                    "fleet cache: provider %s: the shared blob could not be opened: %s; treating it as a miss "
+                    "fleet cache: provider %s: the shared blob %s: %s; treating it as a miss "
                     "(the next token fetched replaces it)",
                     self.provider.name,
+                    "was rejected" if invalid.opened else "could not be opened",
                     invalid.reason,
                 )
             return None
+        self._newest_seen = max(self._newest_seen, record.written_at)
+        return record
 
-    async def _older_key(self, version: str) -> bytes:
-        """The key a blob names: written before a rotation (or after one this instance has not read yet)."""
-        if version not in self._keys:
-            try:
-                secret = await self._secrets.read(self._key_secret, version)
-            except SecretError:
-                raise RecordInvalid(f"its key version is unknown to {self._secrets.location}", version) from None
-            if secret.version != version or len(secret.value) < MIN_KEY_CHARS:
-                raise RecordInvalid("its key version is unknown or unusable", version)
-            self._keys[version] = derive_key(secret.value)
-        return self._keys[version]
+    def _admit(self, record: Record, context: _Context) -> Record:
+        """The opened record with its claims bounded; RecordInvalid for a replay or other credentials."""
+        if record.written_at < self._newest_seen:
+            raise RecordInvalid("it is older than one this instance has already read (a replay)", opened=True)
+        token = record.token
+        if token is not None:
+            versions = token.credential_versions
+            current = len(versions) == 2 and versions[0] == context.client_id_version
+            if not current or versions[1] not in context.secret_versions:
+                raise RecordInvalid(
+                    "its token was issued for other versions of "
+                    f"{self.provider.client_id_secret} and {self.provider.client_secret_secret} than the current ones",
+                    opened=True,
+                )
+        limit = MAX_LIFETIME_S if self._longest_lifetime is None else self._longest_lifetime
+        return clamped(record, now=self._clock(), max_lifetime_s=limit)
 
     def _judge(self, record: Record | None, want: Want) -> Token | None:
         """The blob's token if it satisfies ``want``; raises for a fleet backoff or a declined force; else None."""

@@ -7,8 +7,9 @@ envelope are not authenticated: a forged backoff-until there could stall the fle
 associated data binds the blob name, the format version and the key version, so a blob
 copied under another provider's name, or relabelled with another key version, fails to open.
 
-The AES key is derived with HKDF-SHA256 from the Key Vault secret named by
-``BROKER_FLEET_CACHE_KEY_SECRET``; the secret's version is the key version.
+The AES key comes from :mod:`broker.fleet.keys`. What an opened record claims is bounded before
+anyone acts on it (:func:`clamped`): a writer holding a valid key still cannot stall the fleet past
+a short backoff or plant a token that outlives any the provider issues.
 """
 
 from __future__ import annotations
@@ -17,34 +18,29 @@ import base64
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.tokens import Secret, Token
 
 FORMAT_VERSION = 1
-# HKDF's info names the format, so a future format derives a different key from the same secret.
-HKDF_INFO = b"ilevel-token-broker fleet cache format 1"
-# The key secret is "any string with at least 256 bits of entropy": infra builds it from three GUIDs
-# (over 300 random bits); 32 characters is the least that can carry 256 bits of base64-like text.
-MIN_KEY_CHARS = 32
 NONCE_BYTES = 12
 # A blob is a few hundred bytes; anything much larger is not ours.
 MAX_BLOB_BYTES = 64 * 1024
 
 
 class RecordInvalid(Exception):  # noqa: N818 - a miss with a reason, never a caller's error
-    """The blob could not be opened: tampered, copied, another format or an unknown key."""
+    """The blob could not be opened (tampered, copied, another format or an unknown key), or ``opened``
+    but not trusted (a replay, other credentials, a claim from the future)."""
 
-    def __init__(self, reason: str, key_version: str | None = None) -> None:
+    def __init__(self, reason: str, key_version: str | None = None, *, opened: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.key_version = key_version
+        self.opened = opened
 
 
 def blob_name(provider: str, token_url: str, client_id: str) -> str:
@@ -55,11 +51,6 @@ def blob_name(provider: str, token_url: str, client_id: str) -> str:
     client = hashlib.sha256(client_id.encode("utf-8")).hexdigest()
     digest = hashlib.sha256(f"{provider}\n{token_url}\n{client}".encode()).hexdigest()[:40]
     return f"v{FORMAT_VERSION}/{provider}/{digest}"
-
-
-def derive_key(secret: Secret) -> bytes:
-    """The AES-256 key from the Key Vault secret's value (HKDF-SHA256, fixed info)."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(secret.reveal().encode())
 
 
 def associated_data(name: str, key_version: str) -> bytes:
@@ -79,6 +70,38 @@ class Record:
 
     def backoff_left(self, now: float) -> float:
         return max(0.0, self.backoff_until - now)
+
+
+# A recorded backoff ends at most this long after the record was written (a Retry-After of a day must
+# not stall the fleet for a day, and a forged one must not stall it for ten years).
+BACKOFF_CAP_S = 300.0
+# Instances' clocks differ by a little (NTP-synchronised hosts): a record written this far "ahead" is tolerated.
+CLOCK_SKEW_S = 60.0
+# The longest token lifetime trusted before this instance has seen one of the provider's own.
+MAX_LIFETIME_S = 24 * 3600.0
+
+
+def clamped(record: Record, *, now: float, max_lifetime_s: float) -> Record:
+    """``record`` with its claims bounded, or RecordInvalid when it claims to be written in the future.
+
+    The backoff ends at most :data:`BACKOFF_CAP_S` after the write, the last forced refresh is no later
+    than the write, and the token expires at most ``max_lifetime_s`` after it was obtained (a token
+    obtained in the future is dropped).
+    """
+    if record.written_at > now + CLOCK_SKEW_S:
+        raise RecordInvalid(f"it claims to be written {record.written_at - now:.0f} s in the future", opened=True)
+    token = record.token
+    if token is not None:
+        if token.obtained_at > now + CLOCK_SKEW_S:
+            token = None
+        elif token.lifetime > max_lifetime_s:
+            token = replace(token, expires_at=token.obtained_at + max_lifetime_s)
+    return replace(
+        record,
+        token=token,
+        backoff_until=min(record.backoff_until, record.written_at + BACKOFF_CAP_S),
+        last_forced=min(record.last_forced, record.written_at),
+    )
 
 
 def _plain(record: Record) -> bytes:

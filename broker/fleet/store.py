@@ -1,4 +1,5 @@
-"""The blob container, as the fleet layer needs it: read, create, lease, conditional write.
+"""The fleet's shared store: the protocol the fleet layer needs (read, lease, conditional write), and the
+blob container that implements it.
 
 azure-storage-blob's synchronous client, run on a small thread pool of its own: the async
 client would add aiohttp (a second HTTP stack in a process that has httpx), while a fleet
@@ -24,7 +25,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -70,8 +71,36 @@ class Snapshot:
     leased: bool
 
 
+class Store(Protocol):
+    """What the fleet layer needs of shared storage: one small record per name, leases and ETags.
+
+    - ``read``: the bytes (None when missing or empty), the ETag, whether a lease is held.
+    - ``acquire``: a lease of ``duration_s`` (creating the record empty if missing), or None when held.
+    - ``write``: replace under our lease, only if the ETag is still ``etag``; else :class:`WriteConflict`.
+    - ``release``: end our lease (a lease expired or taken over is no error).
+
+    Every failure of the storage itself is :class:`StoreUnavailable`.
+    """
+
+    location: str
+
+    async def prepare(self) -> None: ...
+
+    async def read(self, name: str) -> Snapshot: ...
+
+    async def acquire(self, name: str, duration_s: int) -> str | None: ...
+
+    async def renew(self, name: str, lease_id: str) -> None: ...
+
+    async def release(self, name: str, lease_id: str) -> None: ...
+
+    async def write(self, name: str, data: bytes, *, lease_id: str, etag: str | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class BlobStore:
-    """One container; every method is a coroutine bounded by :data:`CALL_BUDGET_S`."""
+    """The :class:`Store` on one Azure blob container (or Azurite's); every call bounded by :data:`CALL_BUDGET_S`."""
 
     def __init__(self, settings: FleetSettings, credential: Any, *, client: Any = None) -> None:
         self._settings = settings

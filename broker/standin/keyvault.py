@@ -107,9 +107,9 @@ class KeyVaultServer(Scriptable):
         """How many requests arrived without an acceptable bearer token (and were challenged)."""
         return sum(1 for request in self.requests if not request.authenticated)
 
-    def set_secret(self, name: str, value: str, *, enabled: bool = True) -> str:
-        """Store a new version (it becomes the latest) and return its version id."""
-        return self._store(name, value, enabled=enabled).version
+    def set_secret(self, name: str, value: str, *, enabled: bool = True, created: int | None = None) -> str:
+        """Store a new version (it becomes the latest) and return its version id; ``created`` backdates it."""
+        return self._store(name, value, enabled=enabled, created=created).version
 
     def set_enabled(self, name: str, version: str, enabled: bool) -> None:
         """Enable or disable one version."""
@@ -226,8 +226,9 @@ class KeyVaultServer(Scriptable):
         enabled: bool,
         content_type: str | None = None,
         tags: dict[str, str] | None = None,
+        created: int | None = None,
     ) -> SecretVersion:
-        now = int(time.time())
+        now = int(time.time()) if created is None else created
         entry = SecretVersion(secrets.token_hex(16), value, enabled, now, now, content_type, tags)
         with self._lock:
             self._secrets.setdefault(name, []).append(entry)

@@ -29,7 +29,8 @@ From the azd environment (azd passes `azd env get-values` to hooks as environmen
 7. Operators (the diagnostics route, ``check --remote``): the app role ``Broker.Operator`` for users and
    applications, the delegated scope ``Diagnostics.Run`` with the Azure CLI pre-authorised for it (so an
    ``az login`` user gets a token without a consent prompt), and Broker.Operator granted to the deployer
-   (AZURE_PRINCIPAL_ID) unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and to the object ids in
+   (AZURE_PRINCIPAL_ID, which azd does not store for hooks; without it, whoever az is signed in as: a user or
+   the service principal) unless BROKER_GRANT_DEPLOYER_OPERATOR=false, and to the object ids in
    BROKER_OPERATOR_PRINCIPAL_IDS. A grant Graph refuses (assigning app roles needs an admin role) is
    reported with the command an administrator runs; the rest of the deployment goes on.
 
@@ -598,6 +599,58 @@ def deployment_tenant(config: HookConfig, tenant_of: Callable[[str], str]) -> st
     return tenant
 
 
+def az_signed_in_principal() -> str | None:
+    """The object id of whoever az is signed in as: a user (``az ad signed-in-user show``) or a service
+    principal (``az ad sp show --id <its appId>``, as ``az account show`` names it). None when az cannot say."""
+    exe = shutil.which("az")
+    if exe is None:
+        return None
+
+    def az(*args: str) -> str | None:
+        done = subprocess.run([exe, *args], capture_output=True, text=True, check=False)  # noqa: S603
+        return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+    account = az("account", "show", "--query", "user", "-o", "json")
+    try:
+        user = json.loads(account) if account else {}
+    except ValueError:
+        return None
+    kind, name = str(user.get("type", "")), str(user.get("name", ""))
+    if kind == "user":
+        return az("ad", "signed-in-user", "show", "--query", "id", "-o", "tsv")
+    if kind == "servicePrincipal" and name:
+        return az("ad", "sp", "show", "--id", name, "--query", "id", "-o", "tsv")
+    return None
+
+
+def with_deployer(
+    env: Mapping[str, str],
+    find: Callable[[], str | None] = az_signed_in_principal,
+    say: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """The environment with AZURE_PRINCIPAL_ID filled in from az when azd left it out.
+
+    azd passes Bicep the principal id but does not store it in the environment's .env (azd's source,
+    cli/azd/pkg/infra/provisioning/bicep/bicep_provider.go: "principalID (not stored to .env by default)",
+    read 2026-12-06), and hooks see only .env values, so without this the deployer never got Broker.Operator.
+    """
+    values = dict(env)
+    flag = values.get("BROKER_GRANT_DEPLOYER_OPERATOR", "").strip().lower()
+    if values.get("AZURE_PRINCIPAL_ID", "").strip() or flag in ("false", "0", "no"):
+        return values
+    principal = find()
+    if principal:
+        values["AZURE_PRINCIPAL_ID"] = principal
+        say(f"entra-app: the deployer, as az is signed in, is object id {principal}")
+    else:
+        say(
+            "entra-app: cannot tell who az is signed in as, so Broker.Operator is not granted to you this run; "
+            "set it and run again: azd env set AZURE_PRINCIPAL_ID <your object id> "
+            "(az ad signed-in-user show --query id -o tsv), then azd hooks run preprovision"
+        )
+    return values
+
+
 def azd_env_set(name: str, value: str) -> None:
     exe = shutil.which("azd")
     if exe is None:
@@ -610,7 +663,7 @@ def azd_env_set(name: str, value: str) -> None:
 
 def main() -> int:
     try:
-        config = HookConfig.from_env(os.environ)
+        config = HookConfig.from_env(with_deployer(os.environ))
         config = replace(config, tenant_id=deployment_tenant(config, az_subscription_tenant))
         graph = Graph(http_send(az_graph_token(config.subscription_id)))
         EntraApp(graph, config, azd_env_set, print).run()

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 import httpx
@@ -340,3 +341,37 @@ async def test_an_unusable_cache_key_degrades_to_per_instance_fetches_naming_the
     assert len(degraded) == 1
     assert DEFAULT_FLEET_KEY_SECRET in degraded[0] and "256 bits" in degraded[0]
     assert events(broker).get("fallback") == 1
+
+
+async def test_a_fleet_fetch_reads_each_secret_once_at_the_vault(fleet_stack: Stack) -> None:
+    """At the Key Vault stand-in: a miss reads the client id, the client secret and the key once each (the
+    client id is no longer read again by the source); a hit reads the client id and the key, no client secret.
+    The client secret's version is listed (metadata, no value) to refuse a record of other credentials."""
+    cold = instance(fleet_stack)
+    await get(cold)
+    assert fleet_stack.kv.reads == {"ilevel-client-id": 1, "ilevel-client-secret": 1, DEFAULT_FLEET_KEY_SECRET: 1}
+    assert fleet_stack.kv.list_calls == {"ilevel-client-secret": 1}
+    fleet_stack.kv.reset_counts()
+    await get(instance(fleet_stack))
+    assert fleet_stack.kv.reads == {"ilevel-client-id": 1, DEFAULT_FLEET_KEY_SECRET: 1}
+    assert fleet_stack.kv.list_calls == {"ilevel-client-secret": 1}
+
+
+@pytest.mark.parametrize(("newer_versions", "served_from_the_fleet"), [(1, True), (2, False)])
+async def test_a_blob_under_a_key_version_older_than_the_previous_one_is_refused(
+    fleet_stack: Stack, newer_versions: int, served_from_the_fleet: bool
+) -> None:
+    """Through the real Key Vault client: a blob sealed with the previous key version is served; after two
+    more versions it is refused (a miss, a warning, a fetch), though the old version is still enabled."""
+    now = int(time.time())
+    fleet_stack.kv.delete(DEFAULT_FLEET_KEY_SECRET)
+    fleet_stack.kv.set_secret(DEFAULT_FLEET_KEY_SECRET, sensitive(secrets.token_urlsafe(48)), created=now - 30)
+    token = (await get(instance(fleet_stack))).token
+    for step in range(newer_versions):
+        created = now - 20 + 10 * step
+        fleet_stack.kv.set_secret(DEFAULT_FLEET_KEY_SECRET, sensitive(secrets.token_urlsafe(48)), created=created)
+    reader = instance(fleet_stack)
+    served = (await get(reader)).token
+    assert (served == token) is served_from_the_fleet
+    assert (events(reader).get("decrypt_failure", 0) == 0) is served_from_the_fleet
+    assert fleet_stack.tokens.request_count == (1 if served_from_the_fleet else 2)

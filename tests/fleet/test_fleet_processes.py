@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from azure.storage.blob import ContainerClient
 
+from broker.config import FLEET_CONTAINER
 from broker.fleet.layer import LEASE_S
+from broker.fleet.record import blob_name
 from broker.standin.faults import Reply
-from tests.conftest import ROLE, Stack
+from tests.conftest import ROLE, Stack, sensitive
 from tests.fleet.processes import fleet_of
+from tests.fleet.support import Azurite
 
 pytestmark = pytest.mark.fleet_processes
 
@@ -73,3 +79,32 @@ async def test_a_killed_leader_blocks_no_one_past_its_lease(fleet_stack: Stack, 
     assert longest < LEASE_S + 10
     assert fleet_stack.tokens.request_count == 2
     print(f"killed leader: longest wait {longest:.1f} s, statuses {sorted(statuses)}")
+
+
+@pytest.mark.slow
+async def test_a_replayed_record_never_serves_the_old_token_to_a_cold_instance(
+    fleet_stack: Stack, azurite: Azurite, tmp_path: Path
+) -> None:
+    """The blob's earlier (genuine) bytes written back after the client secret was rotated and the fleet
+    refreshed: a cold instance refuses the replayed record and fetches; it never serves the old token."""
+    with fleet_of(fleet_stack, tmp_path, serve=2, functions=0) as fleet:
+        warm, cold = fleet.instances
+        (first,) = await fleet.burst(1, only=[warm])
+        blob = ContainerClient.from_connection_string(azurite.connection_string, FLEET_CONTAINER).get_blob_client(
+            blob_name("ilevel", fleet_stack.token_url, fleet_stack.client_id)
+        )
+        earlier = blob.download_blob().readall()
+        rotated = sensitive(secrets.token_urlsafe(24))
+        fleet_stack.tokens.accept(fleet_stack.client_id, rotated)
+        fleet_stack.kv.set_secret("ilevel-client-secret", rotated)
+        async with httpx.AsyncClient(timeout=30) as client:
+            forced = await client.get(
+                warm.url + "/api/token/ilevel?force_refresh=true",
+                headers={"Authorization": f"Bearer {fleet.caller}"},
+            )
+        assert forced.status_code == 200
+        blob.upload_blob(earlier, overwrite=True)  # the replay
+        (served,) = await fleet.burst(1, only=[cold])
+    assert first["status"] == served["status"] == 200
+    assert served["token"] != first["token"]
+    assert fleet_stack.tokens.request_count == 3  # the first, the forced one, and the cold instance's own

@@ -12,6 +12,10 @@ State and a log of every call live in a JSON file named by STANDIN_AZ_STATE:
   not_indexed        how many `az resource show` calls still answer ResourceNotFound
   calls              every argument list, appended by each run
   created            event subscriptions created, as [resource group, topic, name]
+  signed_in          who `az login` signed in: {"type": "user" | "servicePrincipal", "name", "id" (object id)},
+                     or null (not signed in)
+  access_tokens      answers to AzureCliCredential's `az account get-access-token --resource`, in order (the
+                     last one repeats): {"token": <JWT>} or {"error": <what az prints, e.g. AADSTS501051>}
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,31 @@ def fail(code: int, message: str) -> int:
 def run(args: list[str], state: dict[str, Any]) -> int:
     state["calls"].append(args)
     subscription = option(args, "--subscription") or state["default"]
+    signed_in = state.get("signed_in")
+    if args[:2] == ["account", "show"] and option(args, "--query") == "user":
+        if signed_in is None:
+            return fail(1, "Please run 'az login' to setup account.")
+        print(json.dumps({"name": signed_in["name"], "type": signed_in["type"]}))
+        return 0
+    if args[:3] == ["ad", "signed-in-user", "show"]:
+        if signed_in is None or signed_in["type"] != "user":
+            return fail(1, "/me request is only valid with delegated authentication flow.")
+        print(signed_in["id"])
+        return 0
+    if args[:3] == ["ad", "sp", "show"]:
+        if signed_in is None or option(args, "--id") != signed_in["name"]:
+            return fail(3, f"Service principal '{option(args, '--id')}' doesn't exist")
+        print(signed_in["id"])
+        return 0
+    if args[:2] == ["account", "get-access-token"] and "--resource" in args:
+        answers = state.get("access_tokens") or [{"error": "Please run 'az login' to setup account."}]
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if "error" in answer:
+            return fail(1, answer["error"])
+        print(
+            json.dumps({"accessToken": answer["token"], "expires_on": int(time.time()) + 3600, "tokenType": "Bearer"})
+        )
+        return 0
     if args[:2] == ["account", "show"]:
         tenant = state["subscriptions"].get(subscription)
         if tenant is None:
@@ -72,7 +102,13 @@ def main() -> int:
 
 
 def install(
-    directory: Path, subscriptions: dict[str, str], *, default: str, azd_subscription: str
+    directory: Path,
+    subscriptions: dict[str, str],
+    *,
+    default: str,
+    azd_subscription: str,
+    signed_in: dict[str, str] | None = None,
+    access_tokens: list[dict[str, str]] | None = None,
 ) -> tuple[Path, Path]:
     """Put this stand-in on a fresh bin folder under ``directory`` as `az`; return its state file and the folder."""
     state = directory / "az-state.json"
@@ -83,6 +119,8 @@ def install(
         "not_indexed": 0,
         "calls": [],
         "created": [],
+        "signed_in": signed_in,
+        "access_tokens": access_tokens or [],
     }
     state.write_text(json.dumps(fresh), encoding="utf-8")
     bin_dir = directory / "bin"

@@ -560,3 +560,52 @@ def new_app_only_operator_role() -> dict[str, Any]:
         "id": "55555555-1c3b-4d6e-8f7a-9b0c1d2e3f40",
         "value": "Broker.Operator",
     }
+
+
+# --- the deployer, when azd leaves AZURE_PRINCIPAL_ID out -----------------------------------------------
+
+SP_APP_ID = "7c0e0e0e-1111-4222-8333-444455556666"
+SP_OBJECT_ID = "8d0e0e0e-1111-4222-8333-444455556666"
+
+
+def signed_in(state: Path, who: dict[str, str] | None) -> None:
+    values = json.loads(state.read_text(encoding="utf-8"))
+    values["signed_in"] = who
+    state.write_text(json.dumps(values), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("who", "expected"),
+    [
+        ({"type": "user", "name": "deployer@contoso.example", "id": DEPLOYER}, DEPLOYER),
+        ({"type": "servicePrincipal", "name": SP_APP_ID, "id": SP_OBJECT_ID}, SP_OBJECT_ID),
+    ],
+    ids=["a user", "a service principal"],
+)
+def test_without_azure_principal_id_the_deployer_is_whoever_az_is_signed_in_as(
+    standin_az: Path, who: dict[str, str], expected: str
+) -> None:
+    """azd keeps AZURE_PRINCIPAL_ID out of the hooks' environment: the hook asks az, and Broker.Operator goes there."""
+    signed_in(standin_az, who)
+    said: list[str] = []
+    env = entra_app.with_deployer(azd().values, say=said.append)
+    assert "AZURE_PRINCIPAL_ID" not in azd().values
+    assert HookConfig.from_env(env).operators.principal_ids == (expected,)
+    assert said == [f"entra-app: the deployer, as az is signed in, is object id {expected}"]
+
+
+def test_without_azure_principal_id_and_no_sign_in_the_hook_says_how_to_set_it(standin_az: Path) -> None:
+    """az cannot say who it is: no grant to the deployer, and the command that sets AZURE_PRINCIPAL_ID."""
+    signed_in(standin_az, None)
+    said: list[str] = []
+    env = entra_app.with_deployer(azd().values, say=said.append)
+    assert HookConfig.from_env(env).operators.principal_ids == ()
+    assert "azd env set AZURE_PRINCIPAL_ID" in said[0]
+
+
+def test_a_given_azure_principal_id_or_the_opt_out_asks_az_nothing(standin_az: Path) -> None:
+    """AZURE_PRINCIPAL_ID set, or BROKER_GRANT_DEPLOYER_OPERATOR=false: az is not asked."""
+    signed_in(standin_az, {"type": "user", "name": "someone", "id": OPERATOR})
+    assert entra_app.with_deployer(azd(AZURE_PRINCIPAL_ID=DEPLOYER).values)["AZURE_PRINCIPAL_ID"] == DEPLOYER
+    assert "AZURE_PRINCIPAL_ID" not in entra_app.with_deployer(azd(BROKER_GRANT_DEPLOYER_OPERATOR="false").values)
+    assert json.loads(standin_az.read_text(encoding="utf-8"))["calls"] == []
