@@ -1,4 +1,4 @@
-"""``python -m bench`` (``make bench``): run the eight benches, print one table, write bench/results/latest.json.
+"""``python -m bench`` (``make bench``): run the nine benches, print one table, write bench/results/latest.json.
 
 ``--smoke`` runs every bench with tiny parameters (seconds, not minutes); ``--only NAME``
 runs some of them. Absolute numbers depend on a shared, noisy machine: read the ratios.
@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import burst, coldstart, day, fleet, functions, inprocess, proxy, throughput
+from bench import burst, coldstart, day, fleet, functions, inprocess, proxy, runtime, throughput
 from bench.stack import StandIns, environment, standins
 from bench.stats import Figure, render
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BENCHES = ("functions", "throughput", "inprocess", "burst", "day", "coldstart", "proxy", "fleet")
+BENCHES = ("functions", "throughput", "inprocess", "burst", "day", "coldstart", "proxy", "fleet", "runtime")
 
 
 def plans(smoke: bool, log_dir: Path | None) -> dict[str, Callable[[StandIns], dict[str, Any]]]:
@@ -39,6 +39,9 @@ def plans(smoke: bool, log_dir: Path | None) -> dict[str, Callable[[StandIns], d
                 s, rounds=1, duration_s=0.5, connections=4, warmup_s=0.1, body_bytes=2 * 1024 * 1024, burst=20
             ),
             "fleet": lambda s: fleet.run(s, rounds=1, misses=2),
+            "runtime": lambda s: runtime.run(
+                s, rounds=1, requests=20, cold_runs=1, body_bytes=2 * 1024 * 1024, calls=200
+            ),
         }
     return {
         "functions": lambda s: functions.run(s, log_dir=log_dir),
@@ -49,6 +52,7 @@ def plans(smoke: bool, log_dir: Path | None) -> dict[str, Callable[[StandIns], d
         "coldstart": lambda s: coldstart.run(s),
         "proxy": lambda s: proxy.run(s, log_dir=log_dir),
         "fleet": lambda s: fleet.run(s),
+        "runtime": lambda s: runtime.run(s),
     }
 
 

@@ -3,9 +3,9 @@
 Instruments come from the OpenTelemetry *API*: with no SDK configured they are
 no-ops costing a function call. :func:`configure_exporter` switches on export to
 Application Insights when ``APPLICATIONINSIGHTS_CONNECTION_STRING`` is set, once per
-process: under Azure Functions in OpenTelemetry mode the Python worker has already done
-it (see :func:`configure_exporter`), and a second configuration would send every broker
-log record twice.
+process: under Azure Functions with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY the Python worker
+(azure_functions_runtime) has already done it (see :func:`configure_exporter`), and a second
+configuration would send every broker log record twice.
 Every instrument carries ``provider`` and ``outcome`` attributes (caller-auth
 failures carry ``reason``). No attribute ever holds a secret or token.
 """
@@ -158,14 +158,6 @@ class _TracedSecrets:
 Exporter = Literal["none", "worker", "broker"]
 # The log records exported are those of this logger and its children: the broker's, not the worker's or the SDKs'.
 LOGGER_NAME = "broker"
-# Microsoft's "Use OpenTelemetry with Azure Functions" (Python): with this app setting the worker
-# (azure-functions-python-worker 4.34, dispatcher.initialize_azure_monitor) calls configure_azure_monitor
-# itself before it imports function_app.py, tells the host WorkerOpenTelemetryEnabled (the host then stops
-# forwarding the worker's log records, category Function.*), and attaches each invocation's traceparent.
-WORKER_OTEL_SETTING = "PYTHON_ENABLE_OPENTELEMETRY"
-# The logger the worker hands to configure_azure_monitor; "" (its default) would export the root logger,
-# i.e. the worker's own per-invocation lines too.
-WORKER_LOGGER_SETTING = "PYTHON_AZURE_MONITOR_LOGGER_NAME"
 
 
 def _configured_in_process() -> bool:
@@ -177,33 +169,59 @@ def _configured_in_process() -> bool:
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
+def _worker_settings() -> tuple[str, str, str, Callable[[str], bool]]:
+    """The app settings Microsoft's worker reads, from the worker itself (requirements.txt pins it).
+
+    azure_functions_runtime (utils/constants.py, handle_event.worker_init_request, otel.initialize_azure_monitor):
+    with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, worker init calls ``configure_azure_monitor(
+    connection_string=..., logger_name=<PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME, default "" = the root logger>)``
+    before it imports function_app.py, creates the trace-context propagator and tells the host
+    WorkerOpenTelemetryEnabled (the host then stops forwarding the worker's log records). PYTHON_ENABLE_OPENTELEMETRY
+    only makes it attach each invocation's trace context and leaves the distro to the app.
+    Imported here, not at module level: only a process that exports pays for the worker's import. The
+    switch is read with the worker's own parser (``is_true_like``: 1, true, t, yes, y).
+    """
+    from azure_functions_runtime.utils import constants
+    from azure_functions_runtime.utils.app_setting_manager import is_true_like
+
+    return (
+        constants.PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY,
+        constants.PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME,
+        constants.PYTHON_ENABLE_OPENTELEMETRY,
+        is_true_like,
+    )
+
+
 def configure_exporter(env: Mapping[str, str]) -> Exporter:
     """Export to Application Insights when its connection string is set, unless the worker already does.
 
     Returns who exports: ``"none"`` (no connection string, or the distro missing), ``"worker"`` (the
-    Functions worker configured Azure Monitor in OpenTelemetry mode; configuring again would attach a
-    second log handler), or ``"broker"`` (this call configured it: ``serve``, or a host without OpenTelemetry mode).
+    Functions worker configured Azure Monitor; configuring again would attach a second log handler), or
+    ``"broker"`` (this call configured it: ``serve``, or a worker that leaves the distro to the app).
     """
     if not env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip():
         return "none"
+    enable_setting, logger_setting, context_setting, is_true = _worker_settings()
     if _configured_in_process():
-        logger_name = env.get(WORKER_LOGGER_SETTING, "")
+        logger_name = env.get(logger_setting, "")
         if logger_name != LOGGER_NAME:
             log.warning(
                 "telemetry: the Functions worker exports logs of logger %r (%s); set %s=%s so that only the "
                 "broker's records are exported",
                 logger_name or "<root>",
-                WORKER_LOGGER_SETTING,
-                WORKER_LOGGER_SETTING,
+                logger_setting,
+                logger_setting,
                 LOGGER_NAME,
             )
         return "worker"
-    if env.get(WORKER_OTEL_SETTING, "").strip():
-        # Worker 4.34 configures Azure Monitor itself under this setting (so this is its failure to import the
-        # distro); a worker that only propagates trace context leaves it to the app, as here.
-        log.info(
-            "telemetry: %s is set and the worker has not configured Azure Monitor; the app does", WORKER_OTEL_SETTING
+    if is_true(env.get(enable_setting, "")):
+        # The worker configures Azure Monitor before it imports function_app.py under this setting, so here it
+        # failed to (its own log line says why, e.g. the distro missing); the app configures it instead.
+        log.warning(
+            "telemetry: %s=true but the Functions worker has not configured Azure Monitor; the app does", enable_setting
         )
+    elif env.get(context_setting, "").strip():
+        log.info("telemetry: %s is set: the worker attaches the trace context and the app exports", context_setting)
     try:
         from azure.monitor.opentelemetry import configure_azure_monitor
     except ImportError:

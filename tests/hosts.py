@@ -3,13 +3,15 @@
 - ``serve``: the ASGI app under uvicorn with ``python -m broker serve``'s own configuration
   (:func:`broker.serving.server_config`, :class:`broker.serving.BrokerServer`), over real HTTP
   on a loopback socket bound to port 0 (no free-port race), in the test's event loop.
-- ``functions``: the Azure Functions entry point driven as the Python worker drives it: a fresh
-  import of ``function_app``, ``app.get_functions()``, then ``azure.functions.HttpRequest``
-  invocations of the indexed ``http_app_func``, all on the test's (default asyncio) loop.
+- ``functions``: the Azure Functions entry point inside Microsoft's worker, ``azure_functions_runtime``
+  (the version requirements.txt pins), driven through its own event handlers as the host's proxy worker
+  drives them (:mod:`tests.worker.driver`): worker init with the deployed app settings (which imports
+  and indexes function_app.py anew), metadata, load, then an ``InvocationRequest`` per HTTP request,
+  all on the test's (default asyncio) loop.
 
 Both come as an ``httpx.AsyncClient``, so assertions never know which host answered. A test that
 needs a broker with injected parts (a movable clock, a fast retry policy, a counting HTTP client)
-passes it in: ``serve`` runs that broker; ``functions`` imports function_app fresh (which builds
+passes it in: ``serve`` runs that broker; ``functions`` has the runtime import function_app fresh (which builds
 its own broker from the environment, as in Azure) and then installs the test's broker on the
 module's process (:meth:`broker.startup.Process.install`). With no broker given, both build
 one from the environment exactly as in production: that is what the cold-start tests use.
@@ -19,94 +21,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
-from types import ModuleType
-from typing import Any
-from urllib.parse import parse_qsl
 
-import azure.functions as func
 import httpx
 
+from bench.stack import environment
 from broker.app import create_app
 from broker.config import load_settings
 from broker.runtime import Broker
 from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS
+from tests.worker.driver import FunctionsTransport, Worker, WorkerRefused, worker_settings
 
 HOSTS = ("serve", "functions")
 FUNCTIONS_BASE_URL = "https://func-broker.azurewebsites.net"
 
 
-class FunctionsTransport(httpx.AsyncBaseTransport):
-    """httpx request → ``func.HttpRequest`` → the indexed HTTP function → ``func.HttpResponse`` → httpx response."""
-
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-        self.invocations = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        headers: dict[str, str] = {}
-        for key, value in request.headers.multi_items():
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        query = request.url.query.decode("ascii")
-        invocation = func.HttpRequest(
-            method=request.method,
-            url=str(request.url),
-            headers=headers,
-            params=dict(parse_qsl(query, keep_blank_values=True)),
-            body=body,
-        )
-        self.invocations += 1
-        response = await self.handler(invocation, None)
-        return httpx.Response(
-            status_code=response.status_code,
-            # The worker sends header values as (UTF-8) strings; httpx would encode them as ASCII.
-            headers=[(k, v.encode("utf-8")) for k, v in response.headers.items()],
-            content=response.get_body(),
-            request=request,
-        )
-
-
-def index(module: ModuleType) -> dict[str, Any]:
-    """``app.get_functions()`` as the worker calls it (once per app), by function name."""
-    return {f.get_function_name(): f for f in module.app.get_functions()}
-
-
-@contextlib.contextmanager
-def fresh_function_app() -> Iterator[ModuleType]:
-    """Import function_app anew from the current environment, as a new worker process does."""
+@contextlib.asynccontextmanager
+async def functions_worker(settings: dict[str, str] | None = None) -> AsyncIterator[Worker]:
+    """A fresh worker: function_app imported anew by the runtime's worker init, indexed, loaded."""
+    if settings is None:
+        settings = worker_settings()
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    sys.modules.pop("function_app", None)
-    module = importlib.import_module("function_app")
+    sys.modules.pop("function_app", None)  # a new worker process has not imported it yet
+    worker = Worker()
     try:
-        yield module
+        with environment(settings):
+            await worker.start()
+            yield worker
     finally:
-        # AsgiFunctionApp.__del__ calls asyncio.run() for the ASGI shutdown, which cannot work from a
-        # garbage collection inside a running loop (azure-functions 1.26); the real host never deletes it.
-        module.app.startup_task_done = False
-        sys.modules.pop("function_app", None)
+        module = sys.modules.pop("function_app", None)
+        if module is not None:
+            # AsgiFunctionApp.__del__ calls asyncio.run() for the ASGI shutdown, which cannot work from a
+            # garbage collection inside a running loop; the real host never deletes it.
+            module.app.startup_task_done = False
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
 
 @contextlib.asynccontextmanager
 async def functions_host(broker: Broker | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    with fresh_function_app() as module:
-        functions = index(module)
+    async with functions_worker() as worker:
         if broker is not None:
-            module.process.install(broker)
-        transport = FunctionsTransport(functions["http_app_func"].get_user_function())
+            worker.module.process.install(broker)
+        transport = FunctionsTransport(worker)
         async with httpx.AsyncClient(transport=transport, base_url=FUNCTIONS_BASE_URL) as client:
-            client.functions = functions  # type: ignore[attr-defined]
-            client.function_app = module  # type: ignore[attr-defined]
-            client.broker = module.process.broker  # type: ignore[attr-defined]
+            client.worker = worker  # type: ignore[attr-defined]
+            client.functions = worker.functions  # type: ignore[attr-defined]
+            client.function_app = worker.module  # type: ignore[attr-defined]
+            client.broker = worker.module.process.broker  # type: ignore[attr-defined]
             yield client
+        # The host would have answered these with a bare 500: name the runtime's reason instead.
+        if worker.failures:
+            raise WorkerRefused(f"the worker refused {len(worker.failures)} invocation(s): {worker.failures[:3]}")
 
 
 class _TestServer(BrokerServer):

@@ -130,3 +130,15 @@ def test_python_m_bench_prints_one_table_and_writes_json(
     assert report["smoke"] is True and report["machine"]["nproc"] >= 1
     (figure, *_) = report["benches"]["inprocess"]["figures"]
     assert {"name", "value", "baseline", "ratio", "target", "met", "unit"} <= set(figure)
+
+
+def test_runtime_bench_measures_inside_microsofts_worker(bench_servers: StandIns) -> None:
+    """Inside azure_functions_runtime: token beside health, a large page, a cold start and memory per call,
+    each beside its baseline from the same run."""
+    from bench import runtime
+
+    record = runtime.run(bench_servers, rounds=1, requests=10, cold_runs=1, body_bytes=1024 * 1024, calls=100)
+    found = figures(record)
+    assert found["Inside the worker: cached-token invocation p50"].baseline_name == "health invocation, same worker"
+    assert record["details"]["rss_50mib"]["body"] == 1024 * 1024
+    assert found["Inside the worker: RSS after 100 token invocations"].met is not None

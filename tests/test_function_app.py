@@ -1,47 +1,47 @@
-"""function_app.py as the Python worker drives it: indexing, the Event Grid trigger in both schemas,
-a broken configuration, and the worker's DEBUG logging. The HTTP contract itself runs on both hosts
-in the other test modules (tests/hosts.py)."""
+"""function_app.py as Microsoft's worker (azure_functions_runtime) drives it: indexing, the Event Grid
+trigger in both schemas, a broken configuration, and the worker's DEBUG logging. The HTTP contract itself
+runs on both hosts in the other test modules (tests/hosts.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from types import ModuleType
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from azure.functions import meta
-from azure.functions.eventgrid import EventGridEventInConverter
 
 from broker.startup import QUIET_LOGGERS
 from tests.conftest import Stack
-from tests.hosts import fresh_function_app, functions_host, index
+from tests.hosts import functions_host, functions_worker
+from tests.worker.driver import Worker
 
 NEW_VERSION = "Microsoft.KeyVault.SecretNewVersionCreated"
 VAULT_TOPIC = "/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/kv"
 
 
 @pytest.fixture
-def function_app(stack: Stack) -> Iterator[ModuleType]:
+async def worker(stack: Stack) -> AsyncIterator[Worker]:
     stack.export_environment()
-    with fresh_function_app() as module:
-        yield module
+    async with functions_worker() as started:
+        yield started
 
 
-def test_function_app_indexes_the_http_app_and_the_rotation_check(function_app: ModuleType) -> None:
-    """The host finds one anonymous catch-all HTTP function and one Event Grid function."""
-    found = index(function_app)
-    assert set(found) == {"http_app_func", "rotation_check"}
-    http = json.loads(found["http_app_func"].get_function_json())
-    trigger = next(b for b in http["bindings"] if b["type"] == "httpTrigger")
+def bindings(worker: Worker, name: str) -> list[dict[str, Any]]:
+    """The bindings the runtime reports to the host for a function (its function metadata)."""
+    return [json.loads(raw) for raw in worker.functions[name].raw_bindings]
+
+
+def test_function_app_indexes_the_http_app_and_the_rotation_check(worker: Worker) -> None:
+    """The host is told of one anonymous catch-all HTTP function and one Event Grid function."""
+    assert set(worker.functions) == {"http_app_func", "rotation_check"}
+    trigger = next(b for b in bindings(worker, "http_app_func") if b["type"] == "httpTrigger")
     assert trigger["authLevel"].lower() == "anonymous"
     assert trigger["route"] == "/{*route}"
-    rotation = json.loads(found["rotation_check"].get_function_json())
-    assert [b["type"] for b in rotation["bindings"]] == ["eventGridTrigger"]
+    assert [b["type"] for b in bindings(worker, "rotation_check")] == ["eventGridTrigger"]
 
 
-# --- Event Grid: both schemas, decoded by azure-functions' own converter as the worker does ---------
+# --- Event Grid: both schemas, as the JSON the host passes; the runtime decodes it ----------------------
 def key_vault_data(name: str, version: str) -> dict[str, Any]:
     """The data Key Vault documents for its events, with the stray space of Microsoft's own sample."""
     return {
@@ -81,24 +81,18 @@ def cloud_event_schema(name: str, version: str) -> dict[str, Any]:
     }
 
 
-def decoded(payload: dict[str, Any]) -> Any:
-    """The trigger argument the worker builds from Event Grid's JSON (EventGridEvent or CloudEvent)."""
-    return EventGridEventInConverter.decode(meta.Datum(json.dumps(payload), "json"), trigger_metadata=None)
-
-
 def rotation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("rotation ")]
 
 
 @pytest.mark.parametrize("schema", [event_grid_schema, cloud_event_schema], ids=["event-grid", "cloudevents-1.0"])
 async def test_the_rotation_check_verifies_the_new_version_in_either_event_schema(
-    function_app: ModuleType, stack: Stack, caplog: pytest.LogCaptureFixture, schema: Any
+    worker: Worker, stack: Stack, caplog: pytest.LogCaptureFixture, schema: Any
 ) -> None:
     """SecretNewVersionCreated in the Event Grid or the CloudEvents schema logs one 'rotation verified' line."""
     stack.rotate_secret()
     version = stack.kv.versions("ilevel-client-secret")[-1]
-    event = decoded(schema("ilevel-client-secret", version))
-    await index(function_app)["rotation_check"].get_user_function()(event)
+    await worker.event_grid(schema("ilevel-client-secret", version))
     lines = rotation_lines(caplog)
     assert len(lines) == 1, lines
     assert lines[0].startswith("rotation verified")
@@ -106,30 +100,30 @@ async def test_the_rotation_check_verifies_the_new_version_in_either_event_schem
 
 
 async def test_the_rotation_check_ignores_other_event_types_in_the_cloudevents_schema(
-    function_app: ModuleType, stack: Stack, caplog: pytest.LogCaptureFixture
+    worker: Worker, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A SecretNearExpiry CloudEvent is named and ignored: no token request is made."""
     payload = cloud_event_schema("ilevel-client-secret", "v1")
     payload["type"] = "Microsoft.KeyVault.SecretNearExpiry"
-    await index(function_app)["rotation_check"].get_user_function()(decoded(payload))
+    await worker.event_grid(payload)
     assert "ignoring event type Microsoft.KeyVault.SecretNearExpiry" in caplog.text
     assert stack.tokens.request_count == 0
 
 
 # --- a broken configuration -----------------------------------------------------------------------
 @pytest.fixture
-def misconfigured(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+async def misconfigured(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Worker]:
     stack.export_environment()
     monkeypatch.delenv("BROKER_AUDIENCE")
-    with fresh_function_app() as module:
-        yield module
+    async with functions_worker() as started:
+        yield started
 
 
 async def test_a_broken_configuration_still_indexes_and_logs_the_setting_once(
-    misconfigured: ModuleType, caplog: pytest.LogCaptureFixture
+    misconfigured: Worker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Without BROKER_AUDIENCE the app still has both functions, and one ERROR line names the setting."""
-    assert set(index(misconfigured)) == {"http_app_func", "rotation_check"}
+    assert set(misconfigured.functions) == {"http_app_func", "rotation_check"}
     errors = [r for r in caplog.get_records("setup") + caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "BROKER_AUDIENCE" in errors[0].getMessage()
@@ -157,11 +151,10 @@ async def test_every_request_to_a_misconfigured_app_answers_503_naming_the_setti
 
 
 async def test_a_misconfigured_app_skips_the_rotation_check_with_an_error_naming_the_setting(
-    misconfigured: ModuleType, caplog: pytest.LogCaptureFixture
+    misconfigured: Worker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The Event Grid trigger does not crash on a broken configuration; it logs what to fix."""
-    event = decoded(event_grid_schema("ilevel-client-secret", "v1"))
-    await index(misconfigured)["rotation_check"].get_user_function()(event)
+    await misconfigured.event_grid(event_grid_schema("ilevel-client-secret", "v1"))
     assert "rotation check skipped" in caplog.text
     assert "BROKER_AUDIENCE" in caplog.text.split("rotation check skipped", 1)[1]
 

@@ -36,18 +36,16 @@ async def rotation_check(client: Any, host: str, stack: Stack) -> None:
     version = stack.kv.versions(SECRET)[-1]
     data = {"VaultName": "kv", "ObjectType": "Secret", "ObjectName": SECRET, "Version": version}
     if host == "functions":
-        import azure.functions as func
-
-        event = func.EventGridEvent(
-            id="1",
-            data=data,
-            topic="/vaults/kv",
-            subject=SECRET,
-            event_type="Microsoft.KeyVault.SecretNewVersionCreated",
-            event_time=None,
-            data_version="1",
-        )
-        await client.functions["rotation_check"].get_user_function()(event)
+        event = {
+            "id": "1",
+            "topic": "/vaults/kv",
+            "subject": SECRET,
+            "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
+            "eventTime": None,
+            "data": data,
+            "dataVersion": "1",
+        }
+        await client.worker.event_grid(event)
     else:
         await check_rotation_event(client.broker, data, subject=SECRET)
 

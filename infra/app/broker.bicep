@@ -68,10 +68,14 @@ var appSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // OpenTelemetry mode (host.json telemetryMode): the worker configures Azure Monitor, sends the broker's
-  // records once and correlates its spans with the host's request (docs/operations.md says who sends what).
-  PYTHON_ENABLE_OPENTELEMETRY: 'true'
-  PYTHON_AZURE_MONITOR_LOGGER_NAME: 'broker'
+  // OpenTelemetry mode (host.json telemetryMode): the worker (azure-functions-runtime, requirements.txt)
+  // configures Azure Monitor for the `broker` logger only, creates the trace-context propagator, sends the
+  // broker's records once and correlates its spans with the host's request (docs/operations.md says who
+  // sends what). Never PYTHON_ENABLE_OPENTELEMETRY alone: Python worker 4.36+ then leaves the propagator
+  // unset and fails every async invocation (azure-functions-python-worker issue 1881).
+  // tests/worker/test_deployed_settings.py runs the worker under exactly this block.
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+  PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'broker'
   // The default sampler keeps about 5 spans a second; parent-based keeps the host's sampling decision.
   OTEL_TRACES_SAMPLER: 'parentbased_always_on'
   KEY_VAULT_URL: keyVaultUri

@@ -1,10 +1,10 @@
 """One broker instance as Microsoft's worker runs it, in its own process, for the fleet tests.
 
-Imports ``function_app`` (which builds the broker from the environment), indexes it with
-``app.get_functions()``, prints ``ready``, then for each line ``N PROVIDER`` on stdin fires N concurrent
-invocations of the indexed HTTP function with ``azure.functions.HttpRequest`` objects on one default
-asyncio loop (as the worker does), and prints one JSON line: each answer's status, Retry-After and
-the SHA-256 fingerprint of the token served (never the token).
+Starts ``azure_functions_runtime`` through its own handlers (:mod:`tests.worker.driver`: worker init with the
+deployed settings, which imports and indexes ``function_app``, then metadata and load), prints ``ready``,
+then for each line ``N PROVIDER`` on stdin fires N concurrent HTTP invocations through the worker on one
+default asyncio loop, and prints one JSON line: each answer's status, Retry-After and the SHA-256
+fingerprint of the token served (never the token).
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import azure.functions as func
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.worker.driver import Worker, worker_settings  # noqa: E402
 
 URL = "https://func-broker.azurewebsites.net/api/token/"
 
@@ -26,23 +30,21 @@ URL = "https://func-broker.azurewebsites.net/api/token/"
 def main() -> None:
     # The worker forwards every log record to the host; here they go to stderr, which the test scans for leaks.
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    import function_app
-
-    functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
-    handler = functions["http_app_func"].get_user_function()
-    headers = {"Authorization": os.environ["FLEET_TEST_AUTHORIZATION"]}
+    headers = {"authorization": os.environ["FLEET_TEST_AUTHORIZATION"]}
     loop = asyncio.new_event_loop()
+    worker = Worker()
+    os.environ.update(worker_settings())  # app settings are the worker process's environment
+    loop.run_until_complete(worker.start())
     print("ready", flush=True)
 
     async def one(provider: str) -> dict[str, Any]:
         started = time.perf_counter()
-        request = func.HttpRequest(method="GET", url=URL + provider, headers=headers, body=b"")
-        response = await handler(request, None)
-        body = json.loads(response.get_body() or b"{}")
+        status, answer_headers, content = await worker.http("GET", URL + provider, headers, b"")
+        body = json.loads(content or b"{}")
         token = body.get("access_token", "")
         return {
-            "status": response.status_code,
-            "retry_after": response.headers.get("Retry-After"),
+            "status": status,
+            "retry_after": dict((k.lower(), v) for k, v in answer_headers).get("retry-after"),
             "token": hashlib.sha256(token.encode()).hexdigest()[:12] if token else None,
             "seconds": time.perf_counter() - started,
         }
