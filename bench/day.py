@@ -28,8 +28,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from bench.asgi import StatusRecorder, http_scope
 from bench.stack import StandIns
 from bench.stats import Figure
+from broker.app import create_app
 from broker.cache import REFRESH_LEAD_S, REFRESH_MAX_S
-from broker.http import DEFAULT_MIN_VALIDITY_S, create_app
+from broker.routes.token import DEFAULT_MIN_VALIDITY_S
 from broker.telemetry import Telemetry
 
 TOKEN_LIFETIME_S = 3600

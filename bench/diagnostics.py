@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from bench.stack import AUDIENCE, StandIns, environment, standins
+from broker.app import create_app
 from broker.diagnostics import RUN_INTERVAL_S
-from broker.http import create_app
 
 
 class Clock:

@@ -17,7 +17,7 @@ from typing import Any
 from bench.asgi import empty_app, http_scope, time_requests
 from bench.stack import StandIns
 from bench.stats import Figure, median
-from broker.http import create_app
+from broker.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

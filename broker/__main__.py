@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from broker.config import is_loopback_host, load_settings, log_warnings
+from broker.config import AzdName, Setting, is_loopback_host, load_settings, log_warnings
 from broker.errors import ConfigError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -35,7 +35,7 @@ def load_local_settings(path: Path) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from broker.http import create_app
+    from broker.app import create_app
     from broker.runtime import Broker
     from broker.serving import BrokerServer, server_config
     from broker.telemetry import configure_exporter
@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(os.environ)
     if settings.caller_auth_disabled and not is_loopback_host(args.host):
         raise ConfigError(
-            "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+            Setting.INSECURE_DISABLE_CALLER_AUTH,
             f"is refused when binding to a non-loopback address ({args.host}); bind to 127.0.0.1",
         )
     log_warnings(settings)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument(
         "--app-id-uri",
-        help="with --remote: the broker's App ID URI (default: $BROKER_APP_ID_URI, as azd stores it)",
+        help=f"with --remote: the broker's App ID URI (default: ${AzdName.APP_ID_URI}, as azd stores it)",
     )
     commands.add_parser("fingerprint", help="print the fingerprint check shows, of a value typed at a prompt")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 import jwt
 
-from broker.config import ProviderConfig, Settings
+from broker.config import ProviderConfig, Setting, Settings
 from broker.errors import AuthorityUnavailable, InsufficientScope, InvalidCallerToken
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Accepts:
             raise InsufficientScope(
                 f"The caller's delegated token was issued to the client application {caller.app_id or 'none'}, "
                 "which may not run the diagnostics for a user: sign in with the Azure CLI (az login), or ask the "
-                "broker's operator to add that client's id to BROKER_DIAGNOSTICS_CLIENT_IDS."
+                f"broker's operator to add that client's id to {Setting.DIAGNOSTICS_CLIENT_IDS}."
             )
         if self.role is not None and self.role not in caller.roles:
             raise InsufficientScope(
@@ -225,7 +225,7 @@ class SigningKeys:
     def _unavailable(self) -> AuthorityUnavailable:
         return AuthorityUnavailable(
             "The broker cannot load Entra ID signing keys to check the caller's token; "
-            "check AZURE_AUTHORITY_HOST and BROKER_TENANT_ID, or retry later.",
+            f"check {Setting.AZURE_AUTHORITY_HOST} and {Setting.TENANT_ID}, or retry later.",
             retry_after=METADATA_RETRY_S,
         )
 

@@ -15,32 +15,28 @@ private vault is reachable. A vault's 403 is told apart by its inner code: the n
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 
-from broker.config import ProviderConfig, Settings, local_secret_variable
-from broker.endpoint import RetryPolicy, TokenEndpoint, exception_chain
+from broker.config import AzdName, ProviderConfig, Setting, Settings, local_secret_variable
+from broker.endpoint import RetryPolicy, TokenEndpoint
 from broker.errors import (
     BrokerError,
     InvalidTokenResponse,
     SecretError,
-    SecretForbidden,
-    SecretStoreUnavailable,
     TokenRejected,
     UpstreamUnavailable,
 )
+from broker.report import CheckReport, unknown_provider_verdict
 from broker.runtime import Broker, Overrides
-from broker.secrets import Credentials, SecretValue, _network_reason, value_problems, vault_denial
-from broker.source import KEY_VAULT_BUDGET_S
+from broker.secrets import Credentials, SecretValue, read_pair, value_problems
 from broker.tokens import Token, fingerprint
 
 # (auth method, Basic encoding, label): the configured one is tried first.
@@ -60,102 +56,6 @@ CHECK_SECRET_CLIENT_OPTIONS: Mapping[str, Any] = {"retry_total": 1, "retry_backo
 # The safe way to compare a stored value with the issued one: read from a prompt, never argv or history.
 FINGERPRINT_HINT = "run .venv/bin/python -m broker fingerprint and paste each value at its prompt"
 CREDENTIAL_VERDICTS = ("sign in:", "fix the managed identity:")
-
-
-@dataclass
-class CheckReport:
-    provider: str
-    ok: bool = False
-    verdict: str = ""
-    warnings: list[str] = field(default_factory=list)
-    secrets: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
-    token: dict[str, Any] | None = None
-    # Filled in by the diagnostics route (broker.diagnostics), which runs inside the app.
-    cache: dict[str, Any] | None = None
-    fleet: dict[str, Any] | None = None
-    instance: dict[str, Any] | None = None
-    # Seconds since the report was made, when an earlier report is served again (the route's rate limit).
-    age_s: float | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    def fail(self, verdict: str) -> None:
-        self.ok = False
-        self.verdict = verdict
-
-    def as_dict(self) -> dict[str, Any]:
-        report = {
-            "provider": self.provider,
-            "ok": self.ok,
-            "verdict": self.verdict,
-            "warnings": self.warnings,
-            "secrets": self.secrets,
-            "attempts": self.attempts,
-            "problems": self.problems,
-            "advice": self.advice,
-            "token": self.token,
-        }
-        for name in ("cache", "fleet", "instance", "age_s"):
-            if getattr(self, name) is not None:
-                report[name] = getattr(self, name)
-        return report
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CheckReport:
-        """A report as :meth:`as_dict` wrote it (``check --remote`` reads the route's answer with this)."""
-        report = cls(provider=str(data.get("provider", "?")))
-        report.ok = data.get("ok") is True
-        report.verdict = str(data.get("verdict", ""))
-        for name in ("warnings", "secrets", "attempts", "problems", "advice"):
-            value = data.get(name)
-            if isinstance(value, list):
-                setattr(report, name, value)
-        for name in ("token", "cache", "fleet", "instance"):
-            value = data.get(name)
-            if isinstance(value, dict):
-                setattr(report, name, value)
-        age = data.get("age_s")
-        report.age_s = float(age) if isinstance(age, (int, float)) and not isinstance(age, bool) else None
-        return report
-
-    def render(self, *, with_verdict: bool = True) -> str:
-        lines = [f"provider {self.provider}: {'OK' if self.ok else 'FAILED'}"]
-        lines += [f"  warning: {w}" for w in self.warnings]
-        for s in self.secrets:
-            notes = "; ".join(s["problems"]) or "looks clean"
-            state = "" if s.get("enabled", True) else "disabled, "
-            created = f"created {s['created']}, " if s.get("created") else ""
-            lines.append(
-                f"  secret {s['name']} version {s['version']}: {s['length']} chars, sha256 {s['sha256']}, "
-                f"{state}{created}{notes}"
-            )
-        for a in self.attempts:
-            latency = f" ({a['latency_ms']:.0f} ms)" if isinstance(a.get("latency_ms"), (int, float)) else ""
-            lines.append(f"  tried {a['variant']}: {a['result']}{latency}")
-        if self.token:
-            fp = f", sha256 {self.token['sha256']}" if self.token.get("sha256") else ""
-            lines.append(f"  token: {self.token['token_type']}, lifetime {self.token['lifetime_s']} s{fp}")
-            if "jwt_header" in self.token:
-                lines.append(f"  JWT header: {self.token['jwt_header']}")
-                lines.append(f"  JWT claims: {self.token['jwt_claims']}")
-        if self.cache is not None:
-            lines.append(f"  cache: {self.cache.get('summary', self.cache)}")
-        if self.fleet is not None:
-            lines.append(f"  fleet cache: {self.fleet.get('summary', self.fleet)}")
-        if self.instance is not None:
-            lines.append(f"  instance: {self.instance.get('summary', self.instance)}")
-        if self.age_s is not None:
-            lines.append(f"  report: made {self.age_s:.0f} s ago (one diagnostics run per provider per 60 s)")
-        lines += [f"  problem: {p}" for p in self.problems]
-        lines += [f"  do: {a}" for a in self.advice]
-        if with_verdict:
-            lines.append(f"verdict: {self.verdict}")
-        return "\n".join(lines)
 
 
 def _describe_secret(value: SecretValue) -> dict[str, Any]:
@@ -203,12 +103,10 @@ def start_up_warnings(settings: Settings) -> list[str]:
     """What ``serve`` logs at start-up (config.log_warnings), as report lines."""
     warnings = list(settings.warnings)
     if settings.caller_auth_disabled:
-        warnings.append("caller authentication is off (BROKER_INSECURE_DISABLE_CALLER_AUTH): local development only")
+        warnings.append(
+            f"caller authentication is off ({Setting.INSECURE_DISABLE_CALLER_AUTH}): local development only"
+        )
     return warnings
-
-
-def unknown_provider_verdict(name: str, providers: list[str]) -> str:
-    return f"add provider {name!r} to BROKER_PROVIDERS (now: {', '.join(providers)}), or check its spelling"
 
 
 @dataclass(frozen=True)
@@ -270,26 +168,12 @@ async def diagnose(broker: Broker, name: str, where: Where) -> CheckReport:
 # --- Key Vault -------------------------------------------------------------------------------
 
 
-async def _read_pair(broker: Broker, config: ProviderConfig) -> Credentials:
-    """Both secrets, read now: never the pair a token source read earlier (that would hide a failing vault)."""
-    try:
-        async with asyncio.timeout(KEY_VAULT_BUDGET_S):
-            client_id, client_secret = await asyncio.gather(
-                broker.secrets.read(config.client_id_secret), broker.secrets.read(config.client_secret_secret)
-            )
-    except TimeoutError:
-        raise SecretStoreUnavailable(
-            f"{broker.secrets.location} did not answer within {KEY_VAULT_BUDGET_S:.0f} s.",
-            secret=config.client_secret_secret,
-        ) from None
-    return Credentials(client_id=client_id, client_secret=client_secret)
-
-
 async def _read_secrets(
     broker: Broker, config: ProviderConfig, report: CheckReport, where: Where
 ) -> Credentials | None:
     try:
-        credentials = await _read_pair(broker, config)
+        # Read now: never the pair a token source read earlier (that would hide a failing vault).
+        credentials = await read_pair(broker.secrets, config)
     except SecretError as error:
         verdict = _secret_verdict(error, broker.settings, where)
         if not verdict.startswith(CREDENTIAL_VERDICTS):
@@ -305,28 +189,26 @@ async def _read_secrets(
 
 
 def _secret_verdict(error: SecretError, settings: Settings, where: Where) -> str:
-    chain = exception_chain(error)
+    """The verdict for why the secret could not be read, as :mod:`broker.secrets` classified it."""
     vault = urlsplit(settings.key_vault_url or "").netloc
-    credential_error = next(
-        (e for e in chain if isinstance(e, ClientAuthenticationError) and getattr(e, "status_code", None) is None),
-        None,
-    )
-    if credential_error is not None:
-        return _credential_verdict(credential_error, settings, where.env)
-    network = next((e for e in chain if isinstance(e, (ServiceRequestError, ServiceResponseError))), None)
-    if network is not None:
-        return (
-            f"check KEY_VAULT_URL: the vault host {vault} cannot be reached ({_network_reason(network)}); "
-            "is the vault name right, and does its firewall admit this machine?"
-        )
-    if isinstance(error, SecretStoreUnavailable) and error.__cause__ is None:
-        return f"check KEY_VAULT_URL: the vault host {vault} did not answer in time; is it the right vault?"
-    if isinstance(error, SecretStoreUnavailable):
-        return f"retry later: Key Vault {vault} is throttling or failing ({error.description})"
-    if isinstance(error, SecretForbidden):
-        denial = next((d for d in map(vault_denial, chain) if d), None)
-        return _forbidden_verdict(denial, vault, settings, where)
-    return f"fix secret {error.secret!r} in {_where(settings)}: {error.description}"
+    match error.cause:
+        case "identity":
+            return _credential_verdict(error.detail, settings, where.env)
+        case "unreachable":
+            return (
+                f"check {Setting.KEY_VAULT_URL}: the vault host {vault} cannot be reached ({error.detail}); "
+                "is the vault name right, and does its firewall admit this machine?"
+            )
+        case "timeout":
+            return (
+                f"check {Setting.KEY_VAULT_URL}: the vault host {vault} did not answer in time; is it the right vault?"
+            )
+        case "throttled" | "failing":
+            return f"retry later: Key Vault {vault} is throttling or failing ({error.description})"
+        case "forbidden":
+            return _forbidden_verdict(error.detail or None, vault, settings, where)
+        case "not_found" | "disabled" | "empty":
+            return f"fix secret {error.secret!r} in {_where(settings)}: {error.description}"
 
 
 def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where: Where) -> str:
@@ -344,7 +226,7 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
             "access is disabled, so this machine cannot read it, and no role assignment changes that. Run "
             "python -m broker check --remote https://<app>.azurewebsites.net --app-id-uri <App ID URI>, or open the "
             "vault to your address "
-            "(azd env set BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision)"
+            f"(azd env set {AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision)"
         )
     if denial == "ForbiddenByFirewall" and where.inside_app:
         return (
@@ -357,12 +239,16 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
         return (
             f"open the vault's firewall to this machine: Key Vault {vault} answered 403 ForbiddenByFirewall: its "
             "firewall does not admit this address, and no role assignment changes that. Add it (azd env set "
-            "BROKER_OPERATOR_IP_ADDRESSES <your public IPv4>, then azd provision), or run python -m broker check "
+            f"{AzdName.OPERATOR_IP_ADDRESSES} <your public IPv4>, then azd provision), or run python -m broker check "
             "--remote https://<app>.azurewebsites.net --app-id-uri <App ID URI>"
         )
     if where.inside_app:
         client_id = settings.managed_identity_client_id
-        who = f"the app's managed identity (AZURE_CLIENT_ID={client_id})" if client_id else "the app's managed identity"
+        who = (
+            f"the app's managed identity ({Setting.AZURE_CLIENT_ID}={client_id})"
+            if client_id
+            else "the app's managed identity"
+        )
         extra = " (azd up assigns it; a new assignment can take a few minutes to apply)"
     else:
         who = "the account DefaultAzureCredential signed in with (az login)"
@@ -375,23 +261,28 @@ def _forbidden_verdict(denial: str | None, vault: str, settings: Settings, where
     )
 
 
-def _credential_verdict(error: ClientAuthenticationError, settings: Settings, env: Mapping[str, str]) -> str:
-    """Which credential read Key Vault (the rule of broker.secrets.secret_client) and what to do about it."""
+def _credential_verdict(message: str, settings: Settings, env: Mapping[str, str]) -> str:
+    """Which credential read Key Vault (the rule of broker.secrets.secret_client) and what to do about it;
+    ``message`` is the credential's own."""
     client_id = settings.managed_identity_client_id
     if env.get("IDENTITY_ENDPOINT"):
-        who = f"user-assigned, AZURE_CLIENT_ID={client_id}" if client_id else "system-assigned (no AZURE_CLIENT_ID)"
-        detail = _first_line(str(error.message or error))
+        who = (
+            f"user-assigned, {Setting.AZURE_CLIENT_ID}={client_id}"
+            if client_id
+            else f"system-assigned (no {Setting.AZURE_CLIENT_ID})"
+        )
+        detail = _first_line(message)
         return (
             f"fix the managed identity: ManagedIdentityCredential ({who}) got no token for Key Vault ({detail}). "
-            "In Azure, assign the user-assigned identity to the Function App and set AZURE_CLIENT_ID to its client "
-            "id (azd up does both)"
+            "In Azure, assign the user-assigned identity to the Function App and set "
+            f"{Setting.AZURE_CLIENT_ID} to its client id (azd up does both)"
         )
-    cli = _credential_line(str(error.message or error), "AzureCliCredential")
+    cli = _credential_line(message, "AzureCliCredential")
     tried = f" (Azure CLI: {cli})" if cli else ""
     return (
         f"sign in: DefaultAzureCredential found no credential for Key Vault{tried}. Run `az login` with an account "
         "that may read the vault's secrets (Key Vault Secrets User or Officer), then run check again; on an Azure "
-        "VM or container, set AZURE_CLIENT_ID to its managed identity's client id"
+        f"VM or container, set {Setting.AZURE_CLIENT_ID} to its managed identity's client id"
     )
 
 

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from broker.errors import ConfigError
@@ -67,33 +67,66 @@ MAX_TOKEN_BUDGET_S = 50.0
 DEFAULT_FLEET_KEY_SECRET = "broker-fleet-cache-key"
 FLEET_CONTAINER = "broker-tokens"
 
+
+class Setting:
+    """The name of every setting the broker reads (docs/reference.md documents each): code and messages
+    elsewhere name a setting from here, so renaming one cannot leave a stale name behind."""
+
+    KEY_VAULT_URL: Final = "KEY_VAULT_URL"
+    AZURE_CLIENT_ID: Final = "AZURE_CLIENT_ID"
+    AZURE_AUTHORITY_HOST: Final = "AZURE_AUTHORITY_HOST"
+    TENANT_ID: Final = "BROKER_TENANT_ID"
+    AUDIENCE: Final = "BROKER_AUDIENCE"
+    PROVIDERS: Final = "BROKER_PROVIDERS"
+    TOKEN_BUDGET_SECONDS: Final = "BROKER_TOKEN_BUDGET_SECONDS"
+    INSECURE_DISABLE_CALLER_AUTH: Final = "BROKER_INSECURE_DISABLE_CALLER_AUTH"
+    KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: Final = "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
+    PROXY_TIMEOUT_SECONDS: Final = "BROKER_PROXY_TIMEOUT_SECONDS"
+    PROXY_MAX_RESPONSE_MB: Final = "BROKER_PROXY_MAX_RESPONSE_MB"
+    PROXY_SLOT_WAIT_SECONDS: Final = "BROKER_PROXY_SLOT_WAIT_SECONDS"
+    INSTANCE_MEMORY_MB: Final = "BROKER_INSTANCE_MEMORY_MB"
+    FLEET_CACHE_URL: Final = "BROKER_FLEET_CACHE_URL"
+    FLEET_CACHE_CONNECTION_STRING: Final = "BROKER_FLEET_CACHE_CONNECTION_STRING"
+    FLEET_CACHE_KEY_SECRET: Final = "BROKER_FLEET_CACHE_KEY_SECRET"
+    DIAGNOSTICS_CLIENT_IDS: Final = "BROKER_DIAGNOSTICS_CLIENT_IDS"
+
+
+class AzdName:
+    """Names in the azd environment (infra/) that the broker's advice tells an operator to set or read."""
+
+    # The broker's App ID URI, the audience of its tokens: check --remote asks Entra for a token for it.
+    APP_ID_URI: Final = "BROKER_APP_ID_URI"
+    # Addresses admitted through the vault's firewall, for an operator's laptop.
+    OPERATOR_IP_ADDRESSES: Final = "BROKER_OPERATOR_IP_ADDRESSES"
+
+
 # Settings the broker reads that apply to the whole process.
 GLOBAL_SETTINGS: tuple[str, ...] = (
-    "KEY_VAULT_URL",
-    "AZURE_CLIENT_ID",
-    "AZURE_AUTHORITY_HOST",
-    "BROKER_TENANT_ID",
-    "BROKER_AUDIENCE",
-    "BROKER_PROVIDERS",
-    "BROKER_TOKEN_BUDGET_SECONDS",
-    "BROKER_INSECURE_DISABLE_CALLER_AUTH",
-    "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
-    "BROKER_PROXY_TIMEOUT_SECONDS",
-    "BROKER_PROXY_MAX_RESPONSE_MB",
-    "BROKER_PROXY_SLOT_WAIT_SECONDS",
-    "BROKER_INSTANCE_MEMORY_MB",
-    "BROKER_FLEET_CACHE_URL",
-    "BROKER_FLEET_CACHE_CONNECTION_STRING",
-    "BROKER_FLEET_CACHE_KEY_SECRET",
-    "BROKER_DIAGNOSTICS_CLIENT_IDS",
+    Setting.KEY_VAULT_URL,
+    Setting.AZURE_CLIENT_ID,
+    Setting.AZURE_AUTHORITY_HOST,
+    Setting.TENANT_ID,
+    Setting.AUDIENCE,
+    Setting.PROVIDERS,
+    Setting.TOKEN_BUDGET_SECONDS,
+    Setting.INSECURE_DISABLE_CALLER_AUTH,
+    Setting.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE,
+    Setting.PROXY_TIMEOUT_SECONDS,
+    Setting.PROXY_MAX_RESPONSE_MB,
+    Setting.PROXY_SLOT_WAIT_SECONDS,
+    Setting.INSTANCE_MEMORY_MB,
+    Setting.FLEET_CACHE_URL,
+    Setting.FLEET_CACHE_CONNECTION_STRING,
+    Setting.FLEET_CACHE_KEY_SECRET,
+    Setting.DIAGNOSTICS_CLIENT_IDS,
 )
 # Settings that must be present in a deployment to Azure (the infra cross-check reads this).
 REQUIRED_IN_AZURE: tuple[str, ...] = (
-    "KEY_VAULT_URL",
-    "AZURE_CLIENT_ID",
-    "BROKER_TENANT_ID",
-    "BROKER_AUDIENCE",
-    "BROKER_PROVIDERS",
+    Setting.KEY_VAULT_URL,
+    Setting.AZURE_CLIENT_ID,
+    Setting.TENANT_ID,
+    Setting.AUDIENCE,
+    Setting.PROVIDERS,
 )
 # BROKER_<NAME>_<SUFFIX>, one set per provider.
 PROVIDER_SETTING_SUFFIXES: tuple[str, ...] = (
@@ -121,6 +154,13 @@ _FALSE = {"", "0", "false", "no", "off"}
 def env_name(provider: str) -> str:
     """``my-api`` → ``MY_API``: the ``<NAME>`` part of per-provider settings."""
     return provider.upper().replace("-", "_")
+
+
+def provider_setting(provider: str, suffix: str) -> str:
+    """The full name of one of a provider's settings: ``BROKER_<NAME>_<SUFFIX>``, a suffix from the list."""
+    if suffix not in PROVIDER_SETTING_SUFFIXES:
+        raise ValueError(f"no provider setting ends in {suffix!r}; see PROVIDER_SETTING_SUFFIXES")
+    return f"BROKER_{env_name(provider)}_{suffix}"
 
 
 def local_secret_variable(secret_name: str) -> str:
@@ -172,7 +212,7 @@ class ProviderConfig:
 
     def setting(self, suffix: str) -> str:
         """The full app-setting name for one of this provider's settings."""
-        return f"BROKER_{env_name(self.name)}_{suffix}"
+        return provider_setting(self.name, suffix)
 
 
 @dataclass(frozen=True)
@@ -328,35 +368,35 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, low: int, high:
 
 def _fleet(env: Mapping[str, str], *, running_in_azure: bool) -> FleetSettings | None:
     """The fleet cache's settings, or None (off) when neither its URL nor its connection string is set."""
-    url = env.get("BROKER_FLEET_CACHE_URL", "").strip()
-    connection = env.get("BROKER_FLEET_CACHE_CONNECTION_STRING", "").strip()
-    key_secret = env.get("BROKER_FLEET_CACHE_KEY_SECRET", "").strip() or DEFAULT_FLEET_KEY_SECRET
+    url = env.get(Setting.FLEET_CACHE_URL, "").strip()
+    connection = env.get(Setting.FLEET_CACHE_CONNECTION_STRING, "").strip()
+    key_secret = env.get(Setting.FLEET_CACHE_KEY_SECRET, "").strip() or DEFAULT_FLEET_KEY_SECRET
     if not re.fullmatch(r"[A-Za-z0-9-]{1,127}", key_secret):
         raise ConfigError(
-            "BROKER_FLEET_CACHE_KEY_SECRET",
+            Setting.FLEET_CACHE_KEY_SECRET,
             f"must be a Key Vault secret name (letters, digits, '-'), got {key_secret!r}",
         )
     if not url and not connection:
         return None
     if url and connection:
         raise ConfigError(
-            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            Setting.FLEET_CACHE_CONNECTION_STRING,
             "is set together with BROKER_FLEET_CACHE_URL: keep only BROKER_FLEET_CACHE_URL (the managed identity "
             "reaches it); the connection string is for the local storage emulator (Azurite) only",
         )
     if url:
-        url = _url("BROKER_FLEET_CACHE_URL", url, allow_loopback_http=True).rstrip("/")
+        url = _url(Setting.FLEET_CACHE_URL, url, allow_loopback_http=True).rstrip("/")
         parts = urlsplit(url)
         container = parts.path.strip("/")
         if parts.query or parts.fragment or parts.username is not None or "@" in parts.netloc:
             raise ConfigError(
-                "BROKER_FLEET_CACHE_URL",
+                Setting.FLEET_CACHE_URL,
                 "must be a plain container URL without a query (no SAS token), fragment or user, "
                 f"e.g. https://<account>.blob.core.windows.net/{FLEET_CONTAINER}",
             )
         if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])?", container.rsplit("/", 1)[-1] or "-"):
             raise ConfigError(
-                "BROKER_FLEET_CACHE_URL",
+                Setting.FLEET_CACHE_URL,
                 f"must end with the blob container's name, e.g. https://<account>.blob.core.windows.net/{FLEET_CONTAINER}",
             )
         return FleetSettings(container_url=url, container=container.rsplit("/", 1)[-1], key_secret=key_secret)
@@ -367,7 +407,7 @@ def _fleet(env: Mapping[str, str], *, running_in_azure: bool) -> FleetSettings |
             "when running in Azure (WEBSITE_SITE_NAME is set)" if running_in_azure else f"for blob endpoint {host!r}"
         )
         raise ConfigError(
-            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            Setting.FLEET_CACHE_CONNECTION_STRING,
             f"is refused {where}: it is for the local storage emulator (Azurite) on a loopback address only. "
             "In Azure, set BROKER_FLEET_CACHE_URL to the container URL; the managed identity reaches it, "
             "no account key",
@@ -387,7 +427,7 @@ def _connection_blob_endpoint(connection: str) -> str:
     endpoint = parts.get("blobendpoint", "")
     if not endpoint:
         raise ConfigError(
-            "BROKER_FLEET_CACHE_CONNECTION_STRING",
+            Setting.FLEET_CACHE_CONNECTION_STRING,
             "has no BlobEndpoint=http://127.0.0.1:<port>/<account>: only Azurite on loopback is accepted",
         )
     return endpoint
@@ -396,7 +436,7 @@ def _connection_blob_endpoint(connection: str) -> str:
 def _unknown_settings(env: Mapping[str, str], providers: list[str]) -> list[str]:
     known = set(GLOBAL_SETTINGS)
     for name in providers:
-        known.update(f"BROKER_{env_name(name)}_{suffix}" for suffix in PROVIDER_SETTING_SUFFIXES)
+        known.update(provider_setting(name, suffix) for suffix in PROVIDER_SETTING_SUFFIXES)
     return sorted(
         key for key in env if key.startswith("BROKER_") and key not in known and not key.startswith(LOCAL_SECRET_PREFIX)
     )
@@ -411,18 +451,18 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
     ``functions_host``: the app is being built by function_app.py, the Azure Functions entry point.
     """
     warnings: list[str] = []
-    names = _split(env.get("BROKER_PROVIDERS", DEFAULT_PROVIDERS))
+    names = _split(env.get(Setting.PROVIDERS, DEFAULT_PROVIDERS))
     if not names:
-        raise ConfigError("BROKER_PROVIDERS", "must name at least one provider, e.g. 'ilevel'")
+        raise ConfigError(Setting.PROVIDERS, "must name at least one provider, e.g. 'ilevel'")
     for name in names:
         if not PROVIDER_NAME.fullmatch(name):
-            raise ConfigError("BROKER_PROVIDERS", f"provider names must match [a-z0-9-]{{1,32}}, got {name!r}")
+            raise ConfigError(Setting.PROVIDERS, f"provider names must match [a-z0-9-]{{1,32}}, got {name!r}")
     if len(set(names)) != len(names):
-        raise ConfigError("BROKER_PROVIDERS", "lists a provider twice")
+        raise ConfigError(Setting.PROVIDERS, "lists a provider twice")
     providers = {name: _provider(env, name) for name in names}
 
     running_in_azure = bool(env.get("WEBSITE_SITE_NAME", "").strip())
-    auth_disabled = _flag(env, "BROKER_INSECURE_DISABLE_CALLER_AUTH")
+    auth_disabled = _flag(env, Setting.INSECURE_DISABLE_CALLER_AUTH)
     functions_worker = bool(env.get("FUNCTIONS_WORKER_RUNTIME", "").strip())
     if auth_disabled and (running_in_azure or functions_host or functions_worker):
         where = (
@@ -433,96 +473,94 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
             else "under the Azure Functions entry point (function_app.py)"
         )
         raise ConfigError(
-            "BROKER_INSECURE_DISABLE_CALLER_AUTH",
+            Setting.INSECURE_DISABLE_CALLER_AUTH,
             f"is refused {where}; it is for `python -m broker serve` on loopback only: remove it from the app settings",
         )
 
-    verify_challenge = not env.get("BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", "").strip() or _flag(
-        env, "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE"
+    verify_challenge = not env.get(Setting.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE, "").strip() or _flag(
+        env, Setting.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE
     )
     if not verify_challenge and running_in_azure:
         raise ConfigError(
-            "BROKER_KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
+            Setting.KEY_VAULT_VERIFY_CHALLENGE_RESOURCE,
             "is refused when running in Azure (WEBSITE_SITE_NAME is set); it is for local Key Vault emulators only",
         )
 
-    vault = env.get("KEY_VAULT_URL", "").strip() or None
+    vault = env.get(Setting.KEY_VAULT_URL, "").strip() or None
     if vault is not None:
-        vault = _url("KEY_VAULT_URL", vault, allow_loopback_http=False)
+        vault = _url(Setting.KEY_VAULT_URL, vault, allow_loopback_http=False)
         if PLACEHOLDER_VAULT in vault.lower():
             raise ConfigError(
-                "KEY_VAULT_URL",
+                Setting.KEY_VAULT_URL,
                 "still holds the placeholder from local.settings.example.json (kv-YOUR-VAULT): put your vault's "
                 "URI there (after azd up: azd env get-value KEY_VAULT_URL), or remove the setting to read "
                 f"secrets from {LOCAL_SECRET_PREFIX}* environment variables",
             )
     elif running_in_azure:
-        raise ConfigError("KEY_VAULT_URL", "is required when running in Azure (secrets are read from Key Vault)")
+        raise ConfigError(Setting.KEY_VAULT_URL, "is required when running in Azure (secrets are read from Key Vault)")
 
-    authority = (env.get("AZURE_AUTHORITY_HOST", "").strip() or DEFAULT_AUTHORITY).rstrip("/")
+    authority = (env.get(Setting.AZURE_AUTHORITY_HOST, "").strip() or DEFAULT_AUTHORITY).rstrip("/")
     if "://" not in authority:
         authority = "https://" + authority  # azure-identity accepts a bare host name too
-    authority = _url("AZURE_AUTHORITY_HOST", authority, allow_loopback_http=True)
+    authority = _url(Setting.AZURE_AUTHORITY_HOST, authority, allow_loopback_http=True)
 
-    tenant = env.get("BROKER_TENANT_ID", "").strip()
-    audiences = frozenset(_split(env.get("BROKER_AUDIENCE")))
+    tenant = env.get(Setting.TENANT_ID, "").strip()
+    audiences = frozenset(_split(env.get(Setting.AUDIENCE)))
     if tenant == PLACEHOLDER_TENANT:
         raise ConfigError(
-            "BROKER_TENANT_ID",
+            Setting.TENANT_ID,
             "still holds the all-zero placeholder from local.settings.example.json: put your Entra tenant id "
             "there (az account show --query tenantId -o tsv)",
         )
     if tenant.lower() in MULTI_TENANT_ALIASES:
         raise ConfigError(
-            "BROKER_TENANT_ID",
+            Setting.TENANT_ID,
             f"is {tenant!r}, which names no tenant: a single tenant is required, because callers' tokens are "
             "checked against that tenant's issuer and keys. Put your Entra tenant id there "
             "(az account show --query tenantId -o tsv)",
         )
     if not auth_disabled and not check_only:
         if not tenant:
-            raise ConfigError("BROKER_TENANT_ID", "is required: the Entra tenant id whose callers are accepted")
+            raise ConfigError(Setting.TENANT_ID, "is required: the Entra tenant id whose callers are accepted")
         if not audiences:
             raise ConfigError(
-                "BROKER_AUDIENCE",
+                Setting.AUDIENCE,
                 "is required: the accepted 'aud' values, e.g. api://<tenantId>/ilevel-token-broker-<env>",
             )
     if tenant and not TENANT.fullmatch(tenant):
-        raise ConfigError("BROKER_TENANT_ID", f"must be a tenant GUID or domain, got {tenant!r}")
+        raise ConfigError(Setting.TENANT_ID, f"must be a tenant GUID or domain, got {tenant!r}")
 
-    budget_text = env.get("BROKER_TOKEN_BUDGET_SECONDS", "").strip()
+    budget_text = env.get(Setting.TOKEN_BUDGET_SECONDS, "").strip()
     try:
         budget = float(budget_text) if budget_text else DEFAULT_TOKEN_BUDGET_S
     except ValueError:
-        raise ConfigError("BROKER_TOKEN_BUDGET_SECONDS", f"must be a number of seconds, got {budget_text!r}") from None
+        raise ConfigError(Setting.TOKEN_BUDGET_SECONDS, f"must be a number of seconds, got {budget_text!r}") from None
     if not 1 <= budget <= MAX_TOKEN_BUDGET_S:
         raise ConfigError(
-            "BROKER_TOKEN_BUDGET_SECONDS",
+            Setting.TOKEN_BUDGET_SECONDS,
             f"must be between 1 and {MAX_TOKEN_BUDGET_S:g} (ADF's Web activity waits 60 s)",
         )
 
-    timeout_text = env.get("BROKER_PROXY_TIMEOUT_SECONDS", "").strip()
+    timeout_text = env.get(Setting.PROXY_TIMEOUT_SECONDS, "").strip()
     try:
         proxy_timeout = float(timeout_text) if timeout_text else DEFAULT_PROXY_TIMEOUT_S
     except ValueError:
-        raise ConfigError(
-            "BROKER_PROXY_TIMEOUT_SECONDS", f"must be a number of seconds, got {timeout_text!r}"
-        ) from None
+        raise ConfigError(Setting.PROXY_TIMEOUT_SECONDS, f"must be a number of seconds, got {timeout_text!r}") from None
     if not 1 <= proxy_timeout <= MAX_PROXY_TIMEOUT_S:
         raise ConfigError(
-            "BROKER_PROXY_TIMEOUT_SECONDS",
+            Setting.PROXY_TIMEOUT_SECONDS,
             f"must be between 1 and {MAX_PROXY_TIMEOUT_S:g} (the Functions host's timeout, 220 s, must cover it plus "
             "a token fetch, below the 230 s at which Azure's front end cuts requests)",
         )
-    max_response_mb = _integer(env, "BROKER_PROXY_MAX_RESPONSE_MB", DEFAULT_PROXY_MAX_RESPONSE_MB, low=1, high=1024)
+    max_response_mb = _integer(env, Setting.PROXY_MAX_RESPONSE_MB, DEFAULT_PROXY_MAX_RESPONSE_MB, low=1, high=1024)
     # The slot wait comes before the proxy timeout (which includes the token fetch): 50 + 160 stays
     # within host.json's functionTimeout of 220 s.
     slot_wait = _integer(
-        env, "BROKER_PROXY_SLOT_WAIT_SECONDS", int(DEFAULT_PROXY_SLOT_WAIT_S), low=0, high=MAX_PROXY_SLOT_WAIT_S
+        env, Setting.PROXY_SLOT_WAIT_SECONDS, int(DEFAULT_PROXY_SLOT_WAIT_S), low=0, high=MAX_PROXY_SLOT_WAIT_S
     )
     memory_mb = (
-        _integer(env, "BROKER_INSTANCE_MEMORY_MB", 0, low=1, high=1_000_000)
-        if env.get("BROKER_INSTANCE_MEMORY_MB", "").strip()
+        _integer(env, Setting.INSTANCE_MEMORY_MB, 0, low=1, high=1_000_000)
+        if env.get(Setting.INSTANCE_MEMORY_MB, "").strip()
         else None
     )
     if memory_mb is not None:
@@ -543,7 +581,7 @@ def load_settings(env: Mapping[str, str], *, functions_host: bool = False, check
     return Settings(
         providers=providers,
         key_vault_url=vault,
-        managed_identity_client_id=env.get("AZURE_CLIENT_ID", "").strip() or None,
+        managed_identity_client_id=env.get(Setting.AZURE_CLIENT_ID, "").strip() or None,
         authority_host=authority,
         tenant_id=tenant,
         audiences=audiences,
@@ -602,7 +640,7 @@ def check_memory_budget(
         else "each streamed request holds a few chunks"
     )
     raise ConfigError(
-        "BROKER_INSTANCE_MEMORY_MB",
+        Setting.INSTANCE_MEMORY_MB,
         f"is {memory_mb} MB, which cannot hold the proxy's worst case of {worst:.0f} MB ({concurrency} at once, "
         f"BROKER_PROXY_MAX_RESPONSE_MB={max_response_mb}, {host}, plus {BASELINE_MB} MB baseline). "
         "Lower BROKER_PROXY_MAX_RESPONSE_MB or the PROXY_CONCURRENCY settings, or choose a larger instance.",

@@ -24,7 +24,9 @@ from dataclasses import replace
 from typing import Any
 
 from broker import __version__
-from broker.check import CheckReport, Where, diagnose
+from broker.check import Where, diagnose
+from broker.config import Setting
+from broker.report import CheckReport
 from broker.runtime import Broker, Provider
 
 # At most one diagnostics run per provider per minute reaches the token endpoint (issue 17): an
@@ -134,7 +136,7 @@ def cache_state(provider: Provider, now: float) -> dict[str, Any]:
 def fleet_state(broker: Broker, provider: str) -> dict[str, Any]:
     """The fleet token cache's state for one provider (:meth:`broker.fleet.Fleet.diagnostics`), or ``off``."""
     if broker.fleet is None:
-        return {"state": "off", "summary": "off (BROKER_FLEET_CACHE_URL is not set)"}
+        return {"state": "off", "summary": f"off ({Setting.FLEET_CACHE_URL} is not set)"}
     return dict(broker.fleet.diagnostics(provider))
 
 

@@ -30,6 +30,7 @@ from broker.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from broker.httpclient import USER_AGENT
 from broker.redaction import SecretForms
 from broker.retry_after import parse_retry_after
 from broker.secrets import Credentials
@@ -43,7 +44,6 @@ MAX_BODY_BYTES = 1 << 20
 DEFAULT_LIFETIME_S = 300.0
 # A token claiming to live longer than a day is cached for a day at most.
 MAX_LIFETIME_S = 24 * 3600.0
-USER_AGENT = "ilevel-token-broker/1.0"
 # Retry-After for an unreachable or timed-out endpoint with nothing better to go on; the cache
 # holds the failure this long, so an earlier retry would only get the same answer.
 UNAVAILABLE_RETRY_AFTER_S = 30

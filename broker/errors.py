@@ -6,6 +6,7 @@ to do, and name the setting or secret involved. They never carry a secret or tok
 value: only names, versions and upstream error codes.
 
     BrokerError
+    ├── InternalError                    500 internal_error: an unexpected failure, naming the request to look up
     ├── ConfigError                      start-up only: a setting is missing or invalid
     ├── BrokerMisconfigured              503 broker_misconfigured: every request while a ConfigError stands
     ├── CallerError                      the request itself is wrong
@@ -15,11 +16,13 @@ value: only names, versions and upstream error codes.
     │   ├── InsufficientScope            403 insufficient_scope
     │   ├── TokenRouteDisabled           403 token_route_disabled: the provider is in proxy mode
     │   ├── NotFound                     404 unknown_provider / not_found / proxy_disabled
+    │   │   └── UnknownProvider          404 unknown_provider (+ the providers, for an operator)
+    │   ├── MethodNotAllowed             405 method_not_allowed (+ Allow)
     │   └── PayloadTooLarge              413 payload_too_large: a proxied body over 1 MiB
     ├── AuthorityUnavailable             503 authority_unavailable: Entra signing keys unreachable
     ├── ProxyBusy                        503 proxy_busy (+ Retry-After): no upstream slot came free in time
     └── UpstreamError                    a dependency failed
-        ├── SecretError                  Key Vault / local secrets
+        ├── SecretError                  Key Vault / local secrets (+ why: SecretCause)
         │   ├── SecretForbidden          502 key_vault_forbidden
         │   ├── SecretNotFound           502 secret_not_found
         │   ├── SecretDisabled           502 secret_disabled
@@ -35,6 +38,7 @@ value: only names, versions and upstream error codes.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 # A fix needs an operator and a restart: callers need not come back sooner.
 MISCONFIGURED_RETRY_AFTER_S = 300.0
@@ -56,6 +60,13 @@ class BrokerError(Exception):
     def retryable(self) -> bool:
         """Whether the same request may succeed later without anyone changing anything."""
         return self.status in (503, 504)
+
+
+class InternalError(BrokerError):
+    """Anything the broker did not raise on purpose, once caught at the boundary: no stack trace, an id to look up."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"The broker failed unexpectedly; the operator finds request {request_id} in its log.")
 
 
 class ConfigError(BrokerError):
@@ -132,6 +143,23 @@ class NotFound(CallerError):
         self.code = code
 
 
+class UnknownProvider(NotFound):
+    """A provider name the broker does not serve, answered to an operator: the body lists the ones it does."""
+
+    def __init__(self, description: str, *, providers: tuple[str, ...]) -> None:
+        super().__init__(description, code="unknown_provider")
+        self.providers = providers
+
+
+class MethodNotAllowed(CallerError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"Use {' or '.join(allowed)}.")
+        self.allowed = allowed
+
+
 class AuthorityUnavailable(BrokerError):
     status = 503
     code = "authority_unavailable"
@@ -151,28 +179,60 @@ class UpstreamError(BrokerError):
     code = "upstream_error"
 
 
-class SecretError(UpstreamError):
-    """Reading a configured secret failed."""
+# Why a secret could not be read: decided once, where the store's own exception is translated
+# (broker.secrets), so that nothing above it classifies the Key Vault SDK's exceptions again.
+SecretCause = Literal[
+    "not_found",  # no such secret (locally: no such environment variable)
+    "disabled",  # every version of the secret is disabled
+    "empty",  # the value is empty or only whitespace
+    "forbidden",  # the vault refused (401/403): a missing role, or its network rules; detail: its inner code
+    "identity",  # the credential got no token for the vault, which was never reached; detail: its message
+    "unreachable",  # DNS, TLS, a refused or timed-out connection; detail: which of these
+    "timeout",  # the vault did not answer within the read's budget
+    "throttled",  # the vault answered 429
+    "failing",  # the vault answered 5xx, or failed some other way
+]
 
-    def __init__(self, description: str, *, secret: str, retry_after: float | None = None) -> None:
+
+class SecretError(UpstreamError):
+    """Reading a configured secret failed; ``cause`` says why, ``detail`` what the store said (never a value)."""
+
+    cause: SecretCause = "failing"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        secret: str,
+        retry_after: float | None = None,
+        cause: SecretCause | None = None,
+        detail: str = "",
+    ) -> None:
         super().__init__(description, retry_after=retry_after)
         self.secret = secret
+        if cause is not None:
+            self.cause = cause
+        self.detail = detail
 
 
 class SecretForbidden(SecretError):
     code = "key_vault_forbidden"
+    cause: SecretCause = "forbidden"
 
 
 class SecretNotFound(SecretError):
     code = "secret_not_found"
+    cause: SecretCause = "not_found"
 
 
 class SecretDisabled(SecretError):
     code = "secret_disabled"
+    cause: SecretCause = "disabled"
 
 
 class SecretEmpty(SecretError):
     code = "secret_empty"
+    cause: SecretCause = "empty"
 
 
 class SecretStoreUnavailable(SecretError):

@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 import httpx
 
+from broker import __version__
+
 log = logging.getLogger(__name__)
+
+# What the broker calls itself upstream: on the token request and on every proxied call alike.
+USER_AGENT = f"ilevel-token-broker/{__version__}"
 
 
 def default_client() -> httpx.AsyncClient:

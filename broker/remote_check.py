@@ -20,11 +20,11 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from broker.check import CheckReport, unknown_provider_verdict
-from broker.config import PROVIDER_NAME, is_loopback_host
+from broker.config import PROVIDER_NAME, AzdName, Setting, is_loopback_host
 from broker.errors import ConfigError
+from broker.report import CheckReport, unknown_provider_verdict
 
-APP_ID_URI_SETTING = "BROKER_APP_ID_URI"
+APP_ID_URI_SETTING = AzdName.APP_ID_URI
 # The audiences a token may be asked for: the broker's App ID URI (api://..., what the Entra hook sets) or
 # its client id. Anything else would mint a token for another resource and send it to --remote.
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -38,7 +38,7 @@ AADSTS_VERDICTS = {
     "AADSTS65001": "pre-authorise the Azure CLI: Entra asks for consent to {uri} (AADSTS65001); azd provision's "
     "Entra hook pre-authorises the Azure CLI for its Diagnostics.Run scope. Run azd provision, then try again",
     "AADSTS500011": "check --app-id-uri: Entra knows no application {uri} in this tenant (AADSTS500011); use the "
-    "broker's App ID URI (azd env get-value BROKER_APP_ID_URI) and az login to the broker's tenant",
+    f"broker's App ID URI (azd env get-value {AzdName.APP_ID_URI}) and az login to the broker's tenant",
 }
 
 
@@ -62,14 +62,14 @@ class Remote:
             raise ConfigError(
                 "--app-id-uri",
                 f"is required with --remote (or set {APP_ID_URI_SETTING}): the broker's App ID URI, the audience of "
-                "its tokens. After azd up: azd env get-value BROKER_APP_ID_URI",
+                f"its tokens. After azd up: azd env get-value {APP_ID_URI_SETTING}",
             )
         if not (_GUID.fullmatch(uri) or (uri[:6].lower() == "api://" and len(uri) > 6)):
             raise ConfigError(
                 "--app-id-uri",
                 f"must be the broker's App ID URI (api://...) or its client id (a GUID), got {uri[:80]!r}: the token "
                 "asked for it is sent to --remote, so any other audience (e.g. https://management.azure.com/) would "
-                "hand that host a token for another API. After azd up: azd env get-value BROKER_APP_ID_URI",
+                f"hand that host a token for another API. After azd up: azd env get-value {APP_ID_URI_SETTING}",
             )
         parts = urlsplit(url.strip())
         local = parts.scheme == "http" and is_loopback_host(parts.hostname or "")
@@ -176,7 +176,7 @@ def _refusal(remote: Remote, provider: str | None, status: int, body: dict[str, 
     if status == 401:
         return (
             f"sign in for the broker: it refused the token ({code}: {description}). The App ID URI "
-            f"{remote.app_id_uri} must be one of the broker's BROKER_AUDIENCE values"
+            f"{remote.app_id_uri} must be one of the broker's {Setting.AUDIENCE} values"
         )
     if status == 403:
         return (

@@ -23,8 +23,8 @@ from broker.fleet import Fleet
 from broker.httpclient import SharedClient
 from broker.identity import SingleFlightCredential
 from broker.proxy import ProviderProxy, build_client
-from broker.secrets import SecretStore, build_secret_store
-from broker.source import KEY_VAULT_BUDGET_S, TokenSource
+from broker.secrets import KEY_VAULT_BUDGET_S, SecretStore, build_secret_store
+from broker.source import TokenSource
 from broker.telemetry import Telemetry
 
 

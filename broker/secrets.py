@@ -4,7 +4,9 @@ The Key Vault client is azure-keyvault-secrets' synchronous ``SecretClient`` run
 worker thread: secrets are read only when a token is fetched (about once an hour),
 so a thread costs nothing, and the sync transport (requests) honours
 ``REQUESTS_CA_BUNDLE`` the way users expect. Every azure-core exception is
-translated here, at the boundary, into the :mod:`broker.errors` tree.
+translated here, at the boundary, into the :mod:`broker.errors` tree, once: the
+:class:`~broker.errors.SecretError` records why (its ``cause``), and nothing above this
+module classifies the SDK's exceptions again (``check`` maps the cause to its verdict).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from broker.config import local_secret_variable
+from broker.config import ProviderConfig, Setting, local_secret_variable
 from broker.errors import (
     SecretDisabled,
     SecretEmpty,
@@ -53,6 +55,9 @@ KEY_VAULT_RETRY_AFTER_S = 10
 # retries stay inside the 15 s Key Vault budget, and no worker thread sleeps on after the caller left.
 SDK_RETRY_SLEEP_CAP_S = 4
 VAULT_RETRY_AFTER_HEADER = "x-broker-vault-retry-after"
+# Reading both secrets (managed-identity token and Key Vault retries included) gets this
+# long; with the token request's budget it bounds a whole fetch well inside ADF's 60 s.
+KEY_VAULT_BUDGET_S = 15.0
 # Key Vault's 403s that come from its network rules, not from a missing role: what to do about each.
 NETWORK_DENIALS = {
     "ForbiddenByConnection": (
@@ -147,6 +152,26 @@ class SecretStore(Protocol):
     async def versions(self, name: str) -> list[VersionInfo]: ...
 
 
+async def read_pair(
+    store: SecretStore, provider: ProviderConfig, *, budget_s: float = KEY_VAULT_BUDGET_S
+) -> Credentials:
+    """A provider's client id and secret, read now and side by side, within ``budget_s`` (else 503)."""
+    try:
+        async with asyncio.timeout(budget_s):
+            client_id, client_secret = await asyncio.gather(
+                store.read(provider.client_id_secret), store.read(provider.client_secret_secret)
+            )
+    except TimeoutError:
+        raise SecretStoreUnavailable(
+            f"{store.location} did not answer within {budget_s:.0f} s reading "
+            f"{provider.client_id_secret} and {provider.client_secret_secret}; retry later.",
+            secret=provider.client_secret_secret,
+            retry_after=KEY_VAULT_RETRY_AFTER_S,
+            cause="timeout",
+        ) from None
+    return Credentials(client_id=client_id, client_secret=client_secret)
+
+
 def value_problems(raw: str) -> tuple[str, ...]:
     """Typical paste accidents in a stored secret, described without the value."""
     problems = []
@@ -183,7 +208,7 @@ class EnvironmentSecretStore:
     Read at every fetch, so changing the variable (e.g. in a test) acts like a new version.
     """
 
-    location = "the environment (no KEY_VAULT_URL set)"
+    location = f"the environment (no {Setting.KEY_VAULT_URL} set)"
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self._env = os.environ if env is None else env
@@ -193,7 +218,8 @@ class EnvironmentSecretStore:
         raw = self._env.get(variable)
         if raw is None:
             raise SecretNotFound(
-                f"Secret {name!r} is not set: with no KEY_VAULT_URL, set the environment variable {variable}.",
+                f"Secret {name!r} is not set: with no {Setting.KEY_VAULT_URL}, "
+                f"set the environment variable {variable}.",
                 secret=name,
             )
         value = clean_secret(name, raw)
@@ -328,9 +354,11 @@ class KeyVaultSecretStore:
             # Raised by the credential, before Key Vault was reached.
             return SecretStoreUnavailable(
                 f"The managed identity {self._identity} could not get a token for {where}: "
-                f"{type(exc).__name__}. Check AZURE_CLIENT_ID and that the identity is assigned to the app.",
+                f"{type(exc).__name__}. Check {Setting.AZURE_CLIENT_ID} and that the identity is assigned to the app.",
                 secret=name,
                 retry_after=KEY_VAULT_RETRY_AFTER_S,
+                cause="identity",
+                detail=str(exc.message or exc),
             )
         status = getattr(exc, "status_code", None)
         denial = vault_denial(exc)
@@ -338,12 +366,14 @@ class KeyVaultSecretStore:
             return SecretForbidden(
                 f"{where} refused to read secret {name!r} (403 {denial}): {NETWORK_DENIALS[denial]}",
                 secret=name,
+                detail=denial,
             )
         if status in (401, 403):
             return SecretForbidden(
                 f"{where} refused to read secret {name!r} ({status}): grant the identity {self._identity} "
                 "the 'Key Vault Secrets User' role on the vault, and check the vault's network rules.",
                 secret=name,
+                detail=denial or "",
             )
         if status == 429 or (status is not None and status >= 500):
             retry_after = _retry_after(exc) or KEY_VAULT_RETRY_AFTER_S
@@ -351,13 +381,17 @@ class KeyVaultSecretStore:
                 f"{where} answered {status} reading secret {name!r}; retry later.",
                 secret=name,
                 retry_after=retry_after,
+                cause="throttled" if status == 429 else "failing",
             )
         if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+            reason = _network_reason(exc)
             return SecretStoreUnavailable(
-                f"{where} is unreachable reading secret {name!r}: {_network_reason(exc)}. "
-                "Check KEY_VAULT_URL, DNS, TLS trust and the vault's firewall.",
+                f"{where} is unreachable reading secret {name!r}: {reason}. "
+                f"Check {Setting.KEY_VAULT_URL}, DNS, TLS trust and the vault's firewall.",
                 secret=name,
                 retry_after=KEY_VAULT_RETRY_AFTER_S,
+                cause="unreachable",
+                detail=reason,
             )
         return SecretStoreUnavailable(
             f"{where} failed reading secret {name!r}: {type(exc).__name__} (status {status}).",

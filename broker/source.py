@@ -28,7 +28,7 @@ from broker.cache import Want
 from broker.config import ProviderConfig
 from broker.endpoint import UNAVAILABLE_RETRY_AFTER_S, TokenEndpoint
 from broker.errors import SecretStoreUnavailable, TokenRejected, UpstreamTimeout
-from broker.secrets import Credentials, SecretStore, SecretValue
+from broker.secrets import KEY_VAULT_BUDGET_S, Credentials, SecretStore, read_pair
 from broker.tokens import Token
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 NEGATIVE_CACHE_S = 60.0
 # Key Vault re-reads triggered by a failure happen at most this often per provider.
 FAILURE_REREAD_INTERVAL_S = 10.0
-# Reading both secrets (managed-identity token and Key Vault retries included) gets this
-# long; with the token request's budget it bounds a whole fetch well inside ADF's 60 s.
-KEY_VAULT_BUDGET_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +114,7 @@ class TokenSource:
     async def read_credentials(self) -> Credentials:
         """Both secrets, read concurrently; the last pair read if Key Vault is briefly unavailable."""
         try:
-            client_id, client_secret = await self._read_both()
+            credentials = await read_pair(self._secrets, self.provider, budget_s=self._key_vault_budget_s)
         except SecretStoreUnavailable as error:
             if self._last_read is None:
                 raise
@@ -128,25 +125,8 @@ class TokenSource:
                 self._last_read.describe(),
             )
             return self._last_read
-        credentials = Credentials(client_id=client_id, client_secret=client_secret)
         self._last_read = credentials
         return credentials
-
-    async def _read_both(self) -> tuple[SecretValue, SecretValue]:
-        try:
-            async with asyncio.timeout(self._key_vault_budget_s):
-                client_id, client_secret = await asyncio.gather(
-                    self._secrets.read(self.provider.client_id_secret),
-                    self._secrets.read(self.provider.client_secret_secret),
-                )
-        except TimeoutError:
-            raise SecretStoreUnavailable(
-                f"{self._secrets.location} did not answer within {self._key_vault_budget_s:.0f} s reading "
-                f"{self.provider.client_id_secret} and {self.provider.client_secret_secret}; retry later.",
-                secret=self.provider.client_secret_secret,
-                retry_after=10,
-            ) from None
-        return client_id, client_secret
 
     async def _recover(self, rejected: Credentials, error: TokenRejected) -> tuple[Token, Credentials]:
         now = self._clock()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from broker.app import create_app
 from broker.config import load_settings, log_warnings
 from broker.errors import ConfigError
 from broker.http import BrokerApp, MisconfiguredApp
@@ -100,7 +101,7 @@ class Process:
         self.broker = broker
         self._app: BrokerApp | MisconfiguredApp
         if broker is not None and error is None:
-            self._app = BrokerApp(broker)
+            self._app = create_app(broker)
         elif broker is None and error is not None:
             self._app = MisconfiguredApp(error)
         else:
@@ -112,7 +113,7 @@ class Process:
     def install(self, broker: Broker) -> None:
         """Serve ``broker`` from now on: for tests and benchmarks whose broker has injected parts (a clock)."""
         self.broker, self.error = broker, None
-        self._app = BrokerApp(broker)
+        self._app = create_app(broker)
 
     async def rotation_check(self, event: _Event) -> None:
         """The Event Grid trigger's work, for events in the Event Grid or the CloudEvents 1.0 schema."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import metrics, trace
 
+from broker.config import Setting
 from broker.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ def configure_exporter(env: Mapping[str, str]) -> Exporter:
         )
         return "none"
     options: dict[str, Any] = {"logger_name": LOGGER_NAME}
-    client_id = env.get("AZURE_CLIENT_ID", "").strip()
+    client_id = env.get(Setting.AZURE_CLIENT_ID, "").strip()
     if client_id:
         # Application Insights has local auth off: export with the user-assigned identity.
         from azure.identity import ManagedIdentityCredential

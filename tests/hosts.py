@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from bench.stack import environment
+from broker.app import create_app
 from broker.config import load_settings
-from broker.http import create_app
 from broker.runtime import Broker
 from broker.serving import BrokerServer, ServerLimits, server_config
 from broker.startup import QUIET_LOGGERS

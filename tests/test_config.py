@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import pytest
 
-from broker.config import DEFAULT_TOKEN_URLS, load_settings
+from broker.config import DEFAULT_TOKEN_URLS, GLOBAL_SETTINGS, Setting, load_settings, provider_setting
 from broker.errors import ConfigError
 
 BASE = {
@@ -129,3 +133,49 @@ def test_a_diagnostics_client_that_is_not_a_guid_is_a_clear_error(value: str) ->
     with pytest.raises(ConfigError) as error:
         load_settings({**BASE, "BROKER_DIAGNOSTICS_CLIENT_IDS": value})
     assert "BROKER_DIAGNOSTICS_CLIENT_IDS" in str(error.value) and "GUID" in str(error.value)
+
+
+# --- setting names from one place ------------------------------------------------------------------
+
+BROKER = Path(__file__).resolve().parent.parent / "broker"
+SETTING_NAME = re.compile(r"\b(?:BROKER_[A-Z0-9_]+|KEY_VAULT_URL|AZURE_CLIENT_ID|AZURE_AUTHORITY_HOST)\b")
+
+
+def spelled_setting_names(path: Path) -> list[str]:
+    """Setting names written out in ``path``'s string literals (docstrings aside: they only explain)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        f"{path.relative_to(BROKER.parent)}:{node.lineno}: {name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        for name in SETTING_NAME.findall(node.value)
+    ]
+
+
+def test_every_module_names_a_setting_from_config() -> None:
+    """A setting's name is spelled once, in broker/config.py; code and messages elsewhere take it from there."""
+    spelled = [
+        line
+        for path in sorted(BROKER.rglob("*.py"))
+        if path != BROKER / "config.py"
+        for line in spelled_setting_names(path)
+    ]
+    assert spelled == []
+    assert spelled_setting_names(BROKER / "config.py"), "the scan finds names where they are spelled"
+
+
+def test_the_names_config_gives_are_the_settings_it_reads() -> None:
+    """Setting's names are exactly the process-wide settings; a provider's come from the documented suffixes."""
+    names = {value for key, value in vars(Setting).items() if not key.startswith("_")}
+    assert names == set(GLOBAL_SETTINGS)
+    assert provider_setting("my-api", "TOKEN_URL") == "BROKER_MY_API_TOKEN_URL"
+    with pytest.raises(ValueError, match="TOKEN_URI"):
+        provider_setting("ilevel", "TOKEN_URI")

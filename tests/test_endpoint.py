@@ -9,7 +9,9 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+from broker import __version__
 from broker.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
+from broker.runtime import Broker
 from broker.standin.faults import Reply
 from tests.conftest import Api, Stack, sensitive
 
@@ -112,3 +114,9 @@ async def test_an_odd_retry_after_from_key_vault_is_still_a_503_with_a_sane_retr
     assert (response.status_code, response.json()["error"]) == (503, "key_vault_unavailable")
     retry_after = response.headers["retry-after"]
     assert retry_after.isascii() and retry_after.isdigit() and 1 <= int(retry_after) <= MAX_RETRY_AFTER_S
+
+
+async def test_the_token_request_names_the_broker_as_the_proxy_does(broker: Broker, stack: Stack) -> None:
+    """One User-Agent upstream: the token request carries the broker's name and version, as proxied calls do."""
+    await broker.providers["ilevel"].source.fetch()
+    assert stack.tokens.requests[-1].headers["user-agent"] == f"ilevel-token-broker/{__version__}"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from broker.endpoint import MAX_LIFETIME_S
-from broker.http import STALE_HEADER
+from broker.routes.token import STALE_HEADER
 from broker.standin.faults import OMIT, Reply
 from broker.standin.oauth import TokenServer
 from broker.standin.serve import RunningServer, blackhole_listener, closed_port, run_server

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from broker.config import log_warnings
-from broker.http import STALE_HEADER
+from broker.routes.token import STALE_HEADER
 from tests.conftest import Api, Stack
 from tests.hosts import open_host
 

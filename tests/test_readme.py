@@ -127,7 +127,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 
 def test_the_proxy_access_line_in_operations_md_names_every_field_the_broker_writes() -> None:
     """docs/operations.md's proxy access line lists each field of the route's access line (body= included)."""
-    from broker.http import PROXY
+    from broker.routes.proxy import PROXY
 
     text = OPERATIONS.read_text(encoding="utf-8")
     start = text.index("`proxy id=<id>")

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from broker.http import STALE_HEADER
 from broker.rotation import NEW_VERSION_EVENT, check_rotation_event
+from broker.routes.token import STALE_HEADER
 from tests.conftest import Stack, sensitive
 from tests.faults_support import Rig, report, rig_on
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import FRONT_END_TIMEOUT_S, MAX_PROXY_SLOT_WAIT_S, MAX_PROXY_TIMEOUT_S, MAX_TOKEN_BUDGET_S
-from broker.source import KEY_VAULT_BUDGET_S
+from broker.secrets import KEY_VAULT_BUDGET_S
 
 ROOT = Path(__file__).resolve().parent.parent
 ADF = ROOT / "infra" / "adf"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from broker.config import Setting
 from broker.errors import SecretError
 from broker.fleet.record import FORMAT_VERSION, RecordInvalid
 from broker.secrets import SecretStore, VersionInfo
@@ -100,7 +101,7 @@ class KeyRing:
         except SecretError as error:
             raise KeyUnavailable(
                 f"reading secret {error.secret} from {self._secrets.location} failed ({error.code}); "
-                f"the cache key lives in secret {self._key_secret} (BROKER_FLEET_CACHE_KEY_SECRET)"
+                f"the cache key lives in secret {self._key_secret} ({Setting.FLEET_CACHE_KEY_SECRET})"
             ) from None
         if len(secret.value) < MIN_KEY_CHARS:
             raise KeyUnavailable(

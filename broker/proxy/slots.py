@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
+from broker.config import Setting
 from broker.errors import ProxyBusy
 
 # How soon a refused caller should come back: about one slot-wait budget's worth of work drains by then.
@@ -55,7 +56,7 @@ class Slots:
                     raise ProxyBusy(
                         f"All upstream slots this caller may use are taken ({self._describe()}; one caller holds at "
                         f"most {self.share} of {self.capacity}); none came free within "
-                        f"BROKER_PROXY_SLOT_WAIT_SECONDS={self._wait_s:g}. Retry after the Retry-After delay.",
+                        f"{Setting.PROXY_SLOT_WAIT_SECONDS}={self._wait_s:g}. Retry after the Retry-After delay.",
                         retry_after=BUSY_RETRY_AFTER_S,
                     ) from None
                 if self._on_wait is not None:

@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from broker import __version__
 from broker.cache import TokenCache
 from broker.config import DEFAULT_PROXY_SLOT_WAIT_S as DEFAULT_SLOT_WAIT_S
-from broker.config import ProviderConfig
+from broker.config import ProviderConfig, Setting
 from broker.errors import InvalidRequest, InvalidUpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from broker.httpclient import USER_AGENT
 from broker.proxy.headers import passed_back, request_headers
 from broker.proxy.links import Rewriter, canonical_path, is_json, origin
 from broker.proxy.slots import Slot, Slots
@@ -35,7 +35,6 @@ from broker.tokens import Token
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"ilevel-token-broker/{__version__}"
 # Proxied POST bodies: enough for any query document; anything bigger is a mistake.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 RETRY_AFTER_S = 30.0
@@ -158,7 +157,7 @@ class ProviderProxy:
                 await response.aclose()
             await slot.release()
             raise UpstreamTimeout(
-                f"The request to {self._host} did not finish within BROKER_PROXY_TIMEOUT_SECONDS="
+                f"The request to {self._host} did not finish within {Setting.PROXY_TIMEOUT_SECONDS}="
                 f"{self._timeout_s:g} (waiting for {stage}). Retry later, or ask for smaller pages.",
                 retry_after=RETRY_AFTER_S,
             ) from None
@@ -339,13 +338,13 @@ class ProviderProxy:
 
     def _too_big(self) -> InvalidUpstreamResponse:
         return BodyTooLarge(
-            f"{self._host} answered with a body over BROKER_PROXY_MAX_RESPONSE_MB="
+            f"{self._host} answered with a body over {Setting.PROXY_MAX_RESPONSE_MB}="
             f"{self._max_response_bytes // (1024 * 1024)}; ask for smaller pages or raise the setting."
         )
 
     def _timed_out(self) -> UpstreamTimeout:
         return UpstreamTimeout(
-            f"{self._host} did not answer within BROKER_PROXY_TIMEOUT_SECONDS={self._timeout_s:g}.",
+            f"{self._host} did not answer within {Setting.PROXY_TIMEOUT_SECONDS}={self._timeout_s:g}.",
             retry_after=RETRY_AFTER_S,
         )
 

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from broker.config import local_secret_variable
+from broker.config import Setting, local_secret_variable, provider_setting
 from broker.standin.oauth import ALL_VARIANTS, TOKEN_PATH, TokenServer, Variant
 from broker.standin.serve import run_server
 
@@ -24,8 +24,8 @@ from broker.standin.serve import run_server
 def settings_for(token_url: str, client_id: str, client_secret: str) -> dict[str, str]:
     """The environment that makes ``python -m broker check`` (and ``serve``) use this token endpoint."""
     return {
-        "BROKER_PROVIDERS": "ilevel",
-        "BROKER_ILEVEL_TOKEN_URL": token_url,
+        Setting.PROVIDERS: "ilevel",
+        provider_setting("ilevel", "TOKEN_URL"): token_url,
         local_secret_variable("ilevel-client-id"): client_id,
         local_secret_variable("ilevel-client-secret"): client_secret,
     }
@@ -44,11 +44,12 @@ def token_server(port: int, variants: Sequence[Variant], echo: bool) -> int:
         f"STAND-IN iLevel token endpoint (sample OAuth2 server) listening on {token_url}\n"
         f"  accepts: {', '.join(sorted(variants))}{'; echoes requests in error_description' if echo else ''}\n"
         "  the client id and secret below are generated for this run and belong to no real system\n"
-        "\nIn another shell, point the broker at it (no KEY_VAULT_URL: secrets come from the environment):\n"
+        f"\nIn another shell, point the broker at it (no {Setting.KEY_VAULT_URL}: secrets come from the environment):\n"
         f"{exports}\n"
-        "  unset KEY_VAULT_URL\n"
+        f"  unset {Setting.KEY_VAULT_URL}\n"
         "  .venv/bin/python -m broker check\n"
-        "  BROKER_INSECURE_DISABLE_CALLER_AUTH=true .venv/bin/python -m broker serve  # loopback only, no caller auth\n"
+        f"  {Setting.INSECURE_DISABLE_CALLER_AUTH}=true .venv/bin/python -m broker serve"
+        "  # loopback only, no caller auth\n"
         "\nStop it with Ctrl+C.",
         flush=True,
     )

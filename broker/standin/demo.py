@@ -22,8 +22,15 @@ import sys
 
 import uvicorn
 
-from broker.config import DEFAULT_FLEET_KEY_SECRET, load_settings, local_secret_variable, log_warnings
-from broker.http import create_app
+from broker.app import create_app
+from broker.config import (
+    DEFAULT_FLEET_KEY_SECRET,
+    Setting,
+    load_settings,
+    local_secret_variable,
+    log_warnings,
+    provider_setting,
+)
 from broker.runtime import Broker
 from broker.serving import BrokerServer, server_config
 from broker.standin.dataapi import DataApi
@@ -99,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
             local_secret_variable("ilevel-client-secret"): client_secret,
             # The fleet cache's key (used only if BROKER_FLEET_CACHE_CONNECTION_STRING points at an Azurite).
             local_secret_variable(DEFAULT_FLEET_KEY_SECRET): secrets.token_urlsafe(48),
-            "AZURE_AUTHORITY_HOST": entra_server.url,
-            "BROKER_TENANT_ID": entra.tenant_id,
-            "BROKER_AUDIENCE": AUDIENCE,
-            "BROKER_PROVIDERS": "ilevel",
-            "BROKER_ILEVEL_TOKEN_URL": ilevel_server.url + TOKEN_PATH,
-            "BROKER_ILEVEL_ALLOWED_ROLES": ROLE,
+            Setting.AZURE_AUTHORITY_HOST: entra_server.url,
+            Setting.TENANT_ID: entra.tenant_id,
+            Setting.AUDIENCE: AUDIENCE,
+            Setting.PROVIDERS: "ilevel",
+            provider_setting("ilevel", "TOKEN_URL"): ilevel_server.url + TOKEN_PATH,
+            provider_setting("ilevel", "ALLOWED_ROLES"): ROLE,
             # Both routes, so the token curl and the proxy curl in the banner each work.
-            "BROKER_ILEVEL_MODE": "both",
-            "BROKER_ILEVEL_API_BASE_URL": data_api.base_url,
+            provider_setting("ilevel", "MODE"): "both",
+            provider_setting("ilevel", "API_BASE_URL"): data_api.base_url,
         }
     )
-    os.environ.pop("KEY_VAULT_URL", None)
+    os.environ.pop(Setting.KEY_VAULT_URL, None)
     try:
         settings = load_settings(os.environ)
         log_warnings(settings)
@@ -145,7 +152,7 @@ def banner(port: int, ilevel_url: str, entra_url: str, tenant: str, caller: str,
         f"  STAND-IN iLevel token endpoint (sample OAuth2 server): {ilevel_url}{TOKEN_PATH}\n"
         f"  STAND-IN Entra ID metadata and signing keys:          {entra_url}/{tenant}/\n"
         f"  STAND-IN iLevel data API (the proxy route's upstream): {api_url}\n"
-        "  Secrets: from the environment (no KEY_VAULT_URL), generated for this run\n"
+        f"  Secrets: from the environment (no {Setting.KEY_VAULT_URL}), generated for this run\n"
         f"  Caller token: a stand-in Entra token with role {ROLE}, valid {CALLER_TOKEN_LIFETIME_S // 3600} h\n"
         "\nTry it from another terminal (paste the TOKEN line first):\n"
         f"  {assign}\n"

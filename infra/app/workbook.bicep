@@ -1,7 +1,7 @@
 // The operators' workbook: what callers got, how fast, and what the broker asked of iLevel and
 // Key Vault, over a time range they choose. Its JSON is workbook.json beside this file (every query
 // in it is checked against broker/ by tests/infra/test_workbook_queries.py); docs/workbook.png is
-// the same panels drawn from a local run.
+// the same panels drawn from a local run (bench/workbook/).
 param applicationInsightsName string
 param location string
 param tags object

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from broker.http import token_body
+from broker.routes.token import token_body
 from broker.tokens import Secret, Token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_broker_call_gets_the_ilevel_token_url_with_a_valid_min_validity(pipelin
 def test_every_output_reference_names_an_existing_activity_and_a_field_the_broker_returns(
     pipeline: dict[str, Any],
 ) -> None:
-    """Each @activity('X').output.<field> names a real upstream activity and a field of broker.http.token_body."""
+    """Each @activity('X').output.<field> names a real upstream activity and a field of routes.token.token_body."""
     acts = activities(pipeline)
     fields = broker_fields()
     references = 0

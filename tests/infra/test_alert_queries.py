@@ -137,9 +137,9 @@ def test_the_app_down_alert_watches_the_health_test_and_notifies() -> None:
     assert "'Microsoft.Azure.Monitor.WebtestLocationAvailabilityCriteria'" in alert
     assert "actionGroupId: actionGroup.id" in alert
     # /api/health is an anonymous route of the broker, so the test needs no token.
-    from broker import http
+    from broker import routes
 
-    health = next(route for route in http.ROUTES if route.path.match("/api/health"))
+    health = next(route for route in routes.ROUTES if route.path.match("/api/health"))
     assert health.accepts is None and "GET" in health.methods
 
 

@@ -4,7 +4,7 @@ The broker's own exporter (azure-monitor-opentelemetry, broker/telemetry.py) wri
 to ``traces`` with the logger's name in ``customDimensions.logger_name``, and its instruments to
 ``customMetrics`` with their attributes in ``customDimensions``. Each ```kusto block in README.md and
 docs/*.md is checked against the source of broker/ (read with ``ast``; the access lines, which
-broker/http.py builds from its route table, come from that table's own ``Route.template``):
+broker/http.py writes for the route table of broker/routes/, come from each route's own ``Route.template``):
 - a logger name it filters on is a logger the broker creates;
 - a message it matches (startswith / has) is the start of, or inside, a format string of those loggers;
 - a ``key=`` it extracts from a message is a ``key=%s`` field of a format string of those loggers,
@@ -83,8 +83,9 @@ def access_line_formats() -> list[str]:
 
     Routes without ``accepts`` (health) write no access line."""
     from broker import http
+    from broker import routes as table
 
-    routes = {id(v): v for v in vars(http).values() if isinstance(v, http.Route) and v.accepts is not None}
+    routes = {id(v): v for v in vars(table).values() if isinstance(v, http.Route) and v.accepts is not None}
     return [route.template().replace("%s", route.kind, 1) for route in routes.values()]
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from broker import __version__
-from broker.http import ResponseAborted
+from broker.routes.proxy import ResponseAborted
 from broker.standin.dataapi import DataApi, Reply, assets_csv, pattern_bytes
 from tests.conftest import Stack
 from tests.hosts import FUNCTIONS_BASE_URL

@@ -205,7 +205,7 @@ def test_rewriting_the_text_equals_rewriting_the_parsed_document(
 
 def test_the_host_is_the_host_header_else_the_request_urls() -> None:
     """Host header first; without one, the scope's server (the Functions bridge takes it from the request URL)."""
-    from broker.http import _caller_host
+    from broker.routes.proxy import _caller_host
 
     assert _caller_host({"headers": [(b"host", b"func-broker.azurewebsites.net")], "server": ("10.0.0.4", 8080)}) == (
         "func-broker.azurewebsites.net"
