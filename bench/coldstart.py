@@ -27,8 +27,17 @@ from bench.stats import Figure, median
 TARGET_RATIO = 1.5
 
 
-def _child(servers: StandIns, kind: str, *, caller: str, calls: int = 1, importtime: bool = False) -> dict[str, Any]:
+def _child(
+    servers: StandIns,
+    kind: str,
+    *,
+    caller: str,
+    calls: int = 1,
+    importtime: bool = False,
+    outside_loop: bool = False,
+) -> dict[str, Any]:
     env = servers.broker_env()
+    env["BENCH_IMPORT_OUTSIDE_LOOP"] = "1" if outside_loop else "0"
     env["BENCH_AUTHORIZATION"] = f"Bearer {caller}"
     env.pop("PYTHONPROFILEIMPORTTIME", None)
     command = [
