@@ -20,7 +20,8 @@ from bench.server import broker_process, cpu_pinning, load
 from bench.stack import StandIns
 from bench.stats import Figure, median
 
-TARGET_RATIO = 0.85
+# Issue 24: a cached token for about the price of the health route, under wrk -c32-like load.
+TARGET_RATIO = 0.90
 
 
 def run(
@@ -28,7 +29,7 @@ def run(
     *,
     rounds: int = 3,
     duration_s: float = 5.0,
-    connections: int = 16,
+    connections: int = 32,
     warmup_s: float = 0.5,
     log_dir: Path | None = None,
 ) -> dict[str, Any]:
