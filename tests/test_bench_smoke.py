@@ -43,7 +43,7 @@ def test_throughput_bench_measures_the_token_route_beside_health(bench_servers: 
     rps = found["HTTP: token route throughput"]
     summary = record["details"]["summary"]
     assert rps.ratio == pytest.approx(summary["token"]["rps"] / summary["health"]["rps"])
-    assert rps.met is not None and rps.target == ">= 0.85x"
+    assert rps.met is not None and rps.target == ">= 0.9x"
     assert record["details"]["upstream_token_requests"] == 1, "the whole load was served from one cached token"
 
 
