@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from bench.stack import StandIns, standins
 from broker.config import load_settings
 from broker.http import create_app
 from broker.runtime import Broker
+from broker.serving import BrokerServer, server_config
 from broker.standin.trips import Trip, critical_path
 from broker.startup import Process, start_functions
 from broker.warmup import warm_up
@@ -106,6 +108,33 @@ async def test_without_the_warm_up_the_first_request_walks_five_or_six_round_tri
         assert len(chain) >= 5
     finally:
         await close(process)
+
+
+class QuietServer(BrokerServer):
+    def install_signal_handlers(self) -> None:
+        """pytest owns the signals."""
+
+
+async def test_serve_starts_the_warm_up_with_the_server(delayed: StandIns, environ: dict[str, str]) -> None:
+    """``python -m broker serve``'s server warms the broker while uvicorn starts: the token is cached before
+    any request arrives."""
+    broker = Broker(load_settings(environ))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    config = server_config(create_app(broker), host="127.0.0.1", port=listener.getsockname()[1])
+    server = QuietServer(config, broker, warm_up=True)
+    task = asyncio.create_task(server.run_until_stopped(sockets=[listener]))
+    try:
+        while server.warming is None and not task.done():
+            await asyncio.sleep(0.01)
+        assert server.warming is not None
+        assert await server.warming == {}
+        assert broker.providers["ilevel"].cache.token is not None
+        assert delayed.token_requests == 1
+    finally:
+        server.should_exit = True
+        await task
+    assert server.warming.done()
 
 
 async def test_an_unauthenticated_request_adds_no_upstream_work(delayed: StandIns, environ: dict[str, str]) -> None:
