@@ -25,6 +25,7 @@ from broker.fleet.layer import CIRCUIT_OPEN_S
 from broker.fleet.record import blob_name
 from broker.runtime import Broker
 from broker.standin.faults import Reply
+from broker.warmup import warm_up
 from tests.conftest import SENSITIVE, Api, Stack, sensitive
 from tests.fleet.support import Azurite, counted_telemetry, events, fleet_env
 from tests.hosts import open_host
@@ -340,3 +341,20 @@ async def test_an_unusable_cache_key_degrades_to_per_instance_fetches_naming_the
     assert len(degraded) == 1
     assert DEFAULT_FLEET_KEY_SECRET in degraded[0] and "256 bits" in degraded[0]
     assert events(broker).get("fallback") == 1
+
+
+async def test_a_new_instance_s_warm_up_takes_the_fleet_s_token(fleet_stack: Stack) -> None:
+    """The fleet cache is part of the process-start warm-up: a new instance's warm-up fills its cache from
+    the blob another instance wrote, with no token request and no client-secret read."""
+    first = instance(fleet_stack)
+    warm = await get(first)
+    fleet_stack.kv.reset_counts()
+    requests_before = fleet_stack.tokens.request_count
+    fresh = instance(fleet_stack)
+    assert await warm_up(fresh) == {}
+    cached = fresh.providers["ilevel"].cache.token
+    assert cached is not None and cached.access_token == warm.token.access_token
+    assert cached.origin == "fleet"
+    assert fleet_stack.tokens.request_count == requests_before
+    assert fleet_stack.kv.reads["ilevel-client-secret"] == 0
+    assert events(fresh).get("hit") == 1
