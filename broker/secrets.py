@@ -247,8 +247,9 @@ class KeyVaultSecretStore:
         await asyncio.to_thread(self._warm)
 
     def _warm(self) -> None:
-        _ = self._client
+        # The identity token first: building the credential imports azure-identity, the slow part.
         self._credential.get_token_info(key_vault_scope(self._vault_url), options={"enable_cae": True})
+        _ = self._client
 
     def _read(self, name: str, version: str | None) -> SecretValue:
         try:

@@ -1,10 +1,15 @@
-"""The secret store's start: the Key Vault SDK's models are built once before any concurrent read."""
+"""The secret store's start: the Key Vault SDK's models are built once before any concurrent read, and
+the warm-up asks for the token Key Vault's challenge will name."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from broker.secrets import key_vault_scope
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,3 +32,17 @@ def test_importing_the_secret_store_primes_every_key_vault_model_before_threads_
     count, missing = result.stdout.strip().split(" ", 1)
     assert int(count) >= 2  # SecretBundle and SecretAttributes at least
     assert missing == "[]"
+
+
+@pytest.mark.parametrize(
+    ("vault_url", "scope"),
+    [
+        ("https://kv-broker.vault.azure.net/", "https://vault.azure.net/.default"),
+        ("https://kv-broker.vault.azure.cn", "https://vault.azure.cn/.default"),
+        ("https://kv-broker.vault.usgovcloudapi.net/", "https://vault.usgovcloudapi.net/.default"),
+        ("https://127.0.0.1:8443/", "https://vault.azure.net/.default"),
+    ],
+)
+def test_the_warm_up_asks_for_the_scope_key_vault_s_challenge_will_name(vault_url: str, scope: str) -> None:
+    """The vault's DNS suffix names its cloud's resource; a host without one (a stand-in) gets the public cloud's."""
+    assert key_vault_scope(vault_url) == scope
