@@ -30,7 +30,7 @@ from broker.warmup import warm_up
 from tests.conftest import Stack
 
 # Long beside the CPU work of a cold start (imports, TLS set-up), so trips that overlap do so clearly.
-TRIP_S = 0.25
+TRIP_S = 0.4
 URL = "http://func-broker.test"
 
 
