@@ -34,7 +34,7 @@ def plans(smoke: bool, log_dir: Path | None) -> dict[str, Callable[[StandIns], d
             "inprocess": lambda s: inprocess.run(s, rounds=1, requests=50),
             "burst": lambda s: burst.run(s, rounds=1, size=40),
             "day": lambda s: day.run(s, hours=2, latency_s=0.2),
-            "coldstart": lambda s: coldstart.run(s, runs=1, importtime=False),
+            "coldstart": lambda s: coldstart.run(s, runs=1, importtime=False, trip_runs=1),
             "proxy": lambda s: proxy.run(
                 s, rounds=1, duration_s=0.5, connections=4, warmup_s=0.1, body_bytes=2 * 1024 * 1024, burst=20
             ),

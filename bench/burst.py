@@ -1,8 +1,9 @@
 """Bench 3: a cold burst. 500 concurrent token requests reach a broker whose cache is empty.
 
 Each round starts a fresh ``python -m broker serve`` (empty token cache, no Key Vault
-client yet, signing keys not loaded), opens one connection per request, then writes all
-requests at once. Counted at the stand-ins: token requests and Key Vault reads per secret.
+client yet, signing keys not loaded; its process-start warm-up begins as uvicorn starts, so
+the burst joins that work in flight or finds it done), opens one connection per request,
+then writes all requests at once. Counted at the stand-ins: token requests and Key Vault reads per secret.
 Baseline: the same burst on /api/health of a fresh server, and for the counts the number
 of requests (what a broker without single-flight could make).
 """

@@ -4,8 +4,12 @@
 concurrent first invocations of GET /api/token/ilevel (caller token from ``BENCH_AUTHORIZATION``),
 as the host hands over the requests queued during a cold start; ``... bare [N]`` imports
 ``bench.bare_function_app`` and fires N of GET /api/health. Both go through ``func.HttpRequest``
-to the function's user function, as the Functions Python worker does. Prints JSON: seconds from
-the first line of this module to the last response, and the statuses.
+to the function's user function, as the Functions Python worker does. The import happens inside
+the running event loop, as azure_functions_runtime's async ``worker_init_request`` imports the app;
+``BENCH_IMPORT_OUTSIDE_LOOP=1`` imports it before any loop runs instead (no process-start warm-up:
+the cold path as the first request alone drives it). Prints JSON: seconds from the first line of
+this module to the last response, from the end of the import to the first and the last response,
+and the statuses.
 """
 
 from __future__ import annotations
@@ -30,20 +34,34 @@ APPS = {
 
 def serve_first_requests(kind: str, calls: int) -> dict[str, Any]:
     module_name, function_name, url, with_caller = APPS[kind]
-    module = importlib.import_module(module_name)
+    outside = os.environ.get("BENCH_IMPORT_OUTSIDE_LOOP") == "1"
+    module = importlib.import_module(module_name) if outside else None
     imported = time.perf_counter()
-    import azure.functions as func
-
-    handler = next(f for f in module.app.get_functions() if f.get_function_name() == function_name)
-    user_function = handler.get_user_function()
-    headers = {"Authorization": os.environ["BENCH_AUTHORIZATION"]} if with_caller else {}
-    request = func.HttpRequest(method="GET", url=url, headers=headers, body=b"")
-    # AsgiFunctionApp's function takes (req, context); the bare route takes (req).
-    arguments = (request, None) if with_caller else (request,)
+    first: list[float] = []
+    # Monotonic time is system-wide: the parent lines it up with the stand-ins' trip log.
+    imported_at = [time.monotonic()] if outside else []
 
     async def first_calls() -> list[int]:
-        responses = await asyncio.gather(*(user_function(*arguments) for _ in range(calls)))
-        return [response.status_code for response in responses]
+        nonlocal module, imported
+        if module is None:
+            module = importlib.import_module(module_name)
+            imported = time.perf_counter()
+            imported_at.append(time.monotonic())
+        import azure.functions as func
+
+        handler = next(f for f in module.app.get_functions() if f.get_function_name() == function_name)
+        user_function = handler.get_user_function()
+        headers = {"Authorization": os.environ["BENCH_AUTHORIZATION"]} if with_caller else {}
+        request = func.HttpRequest(method="GET", url=url, headers=headers, body=b"")
+        # AsgiFunctionApp's function takes (req, context); the bare route takes (req).
+        arguments = (request, None) if with_caller else (request,)
+
+        async def one() -> int:
+            response = await user_function(*arguments)
+            first.append(time.perf_counter())
+            return int(response.status_code)
+
+        return list(await asyncio.gather(*(one() for _ in range(calls))))
 
     statuses = asyncio.run(first_calls())
     done = time.perf_counter()
@@ -52,6 +70,9 @@ def serve_first_requests(kind: str, calls: int) -> dict[str, Any]:
         "calls": calls,
         "seconds": done - STARTED,
         "import_seconds": imported - STARTED,
+        "first_after_import_seconds": min(first) - imported,
+        "last_after_import_seconds": done - imported,
+        "imported_at_monotonic": imported_at[0],
         "status": 200 if set(statuses) == {200} else max(statuses),
         "statuses": sorted(set(statuses)),
     }

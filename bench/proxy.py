@@ -15,15 +15,19 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 
-from bench.server import broker_process, cpu_pinning, load
+from bench.server import ROOT, START_TIMEOUT_S, broker_process, cpu_pinning, listening_url, load
 from bench.stack import StandIns
 from bench.stats import Figure, median
 from broker.standin.dataapi import DataApi
@@ -33,7 +37,36 @@ from broker.standin.serve import run_server
 PAGE_SIZE = 130  # assets per page: about 10 KB of JSON
 BODY_BYTES = 50 * 1024 * 1024
 BURST = 200
-SERIES = ("direct", "proxied", "direct_1", "proxied_1")
+SERIES = ("direct", "proxied", "floor", "direct_1", "proxied_1", "floor_1")
+# Issue 24: the latency the broker adds on one connection, at most this many times the floor's.
+FLOOR_TARGET_RATIO = 1.3
+
+
+@contextlib.contextmanager
+def floor_process(upstream: str, token: str, *, cpu: int | None, log: IO[Any] | None) -> Iterator[str]:
+    """``bench.proxy_floor`` (uvicorn + httpx streaming, no checks) in its own process; yields its base URL."""
+    with contextlib.ExitStack() as exits:
+        if log is None:
+            log = exits.enter_context(tempfile.NamedTemporaryFile("w+b", prefix="bench-floor-", suffix=".log"))
+        log.flush()
+        offset = os.path.getsize(log.name)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.proxy_floor", upstream],
+            env={**os.environ, "BENCH_UPSTREAM_TOKEN": token},
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(process.pid, {cpu})
+            base = listening_url(Path(log.name), offset, process, START_TIMEOUT_S)
+            if base is None:
+                raise RuntimeError(f"bench.proxy_floor did not start (exit code {process.poll()})")
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def _ilevel_token(servers: StandIns) -> str:
@@ -170,8 +203,15 @@ def run(
         ilevel = _ilevel_token(servers)
         try:
             started: list[subprocess.Popen[bytes]] = []
-            with broker_process(servers, log=log, cpu=server_cpu, extra_env=settings, started=started) as base:
+            with (
+                broker_process(servers, log=log, cpu=server_cpu, extra_env=settings, started=started) as base,
+                floor_process(api.base_url, ilevel, cpu=server_cpu, log=log) as floor,
+            ):
                 proxied_url = f"{base}/api/proxy/ilevel/{page}"
+                floor_url = f"{floor}/api/proxy/ilevel/{page}"
+                if httpx.get(floor_url, timeout=30).content != httpx.get(direct_url, headers={
+                        "Authorization": f"Bearer {ilevel}"}, timeout=30).content:  # fmt: skip
+                    raise RuntimeError("the floor does not pass the page through unchanged")
                 first = httpx.get(proxied_url, headers={"Authorization": f"Bearer {caller}"}, timeout=30)
                 if first.status_code != 200:
                     raise RuntimeError(f"the first proxied request failed: {first.status_code} {first.text[:200]}")
@@ -181,9 +221,11 @@ def run(
                     for name, url, header, width in (
                         ("direct", direct_url, ilevel, connections),
                         ("proxied", proxied_url, caller, connections),
+                        ("floor", floor_url, None, connections),
                         # One connection: no queueing, so the p50 difference is what the broker adds.
                         ("direct_1", direct_url, ilevel, 1),
                         ("proxied_1", proxied_url, caller, 1),
+                        ("floor_1", floor_url, None, 1),
                     ):
                         runs[name].append(
                             load(url, duration_s=duration_s / 2 if width == 1 else duration_s, connections=width,
@@ -225,6 +267,8 @@ def run(
         name: {key: median([r[key] for r in results]) for key in ("rps", "p50_ms", "p99_ms")}
         for name, results in runs.items()
     }
+    added_1 = summary["proxied_1"]["p50_ms"] - summary["direct_1"]["p50_ms"]
+    floor_added_1 = summary["floor_1"]["p50_ms"] - summary["direct_1"]["p50_ms"]
     figures = [
         Figure(
             "proxy",
@@ -249,6 +293,24 @@ def run(
             summary["direct_1"]["p50_ms"],
             "ms",
             "same page from the API directly",
+        ),
+        Figure(
+            "proxy",
+            "proxy: added p50 over direct, 1 connection",
+            added_1,
+            floor_added_1,
+            "ms",
+            "the floor's (uvicorn + httpx streaming, no checks)",
+            target=f"<= {FLOOR_TARGET_RATIO}x",
+            met=added_1 <= FLOOR_TARGET_RATIO * floor_added_1,
+        ),
+        Figure(
+            "proxy",
+            "proxy: throughput against the floor",
+            summary["proxied"]["rps"],
+            summary["floor"]["rps"],
+            "req/s",
+            "the floor, same page",
         ),
         *(
             Figure(
@@ -300,7 +362,8 @@ def run(
     details = {
         "summary": summary,
         "added_p50_ms": summary["proxied"]["p50_ms"] - summary["direct"]["p50_ms"],
-        "added_p50_ms_1_connection": summary["proxied_1"]["p50_ms"] - summary["direct_1"]["p50_ms"],
+        "added_p50_ms_1_connection": added_1,
+        "floor_added_p50_ms_1_connection": floor_added_1,
         "page_bytes": page_bytes,
         "rounds": runs,
         "memory": {

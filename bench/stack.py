@@ -25,6 +25,7 @@ from broker.standin.keyvault import KeyVaultServer
 from broker.standin.oauth import TOKEN_PATH, TokenServer
 from broker.standin.serve import RunningServer, run_server
 from broker.standin.tls import PKIFiles, TestPKI
+from broker.standin.trips import RoundTrips
 
 AUDIENCE = "api://ilevel-token-broker"
 ROLE = "Token.Read.ilevel"
@@ -43,16 +44,20 @@ class StandIns:
         self.tokens = TokenServer(expires_in=3600)
         self.entra = EntraStandin()
         self.running: dict[str, RunningServer] = {}
+        # Every request to a stand-in waits trips.latency_s (0 unless a bench injects it) and is recorded.
+        self.trips = RoundTrips()
         # iLevel-like client id: base64 text with '=', '+' and '/'.
         self.client_id = secrets.token_urlsafe(12) + "+/="
         self.client_secret = secrets.token_urlsafe(24)
 
     def start(self) -> None:
         self.running = {
-            "identity": run_server(self.identity),
-            "key_vault": run_server(self.key_vault, certfile=self.pki.cert, keyfile=self.pki.key),
-            "tokens": run_server(self.tokens),
-            "entra": run_server(self.entra),
+            "identity": run_server(self.trips.wrap("identity", self.identity)),
+            "key_vault": run_server(
+                self.trips.wrap("key_vault", self.key_vault), certfile=self.pki.cert, keyfile=self.pki.key
+            ),
+            "tokens": run_server(self.trips.wrap("tokens", self.tokens)),
+            "entra": run_server(self.trips.wrap("entra", self.entra)),
         }
         self.entra.authority = self.running["entra"].url
         self.key_vault.set_secret(SECRET_NAMES[0], self.client_id)
@@ -70,6 +75,8 @@ class StandIns:
         self.tokens.reset()
         self.tokens.expires_in = 3600
         self.tokens.latency_s = 0.0
+        self.trips.latency_s = 0.0
+        self.trips.reset()
 
     # --- what the benches count -------------------------------------------------------------
     @property

@@ -50,7 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_exporter(os.environ)
     broker = Broker(settings)
     config = server_config(create_app(broker), host=args.host, port=args.port)
-    server = BrokerServer(config, broker)
+    server = BrokerServer(config, broker, warm_up=True)
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(server.run_until_stopped())
     return 0 if server.started else 1

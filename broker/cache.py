@@ -158,6 +158,16 @@ class TokenCache:
             return await self._fetch_now(current, Want(0, current))
         return await self.get(min_validity=0, force=True)
 
+    def warm(self) -> asyncio.Task[Token] | None:
+        """Start the first fetch now, ahead of any caller (process start), unless one ran or runs.
+
+        Callers that arrive meanwhile join it. Its failure is not held: a failed warm-up leaves a
+        cold cache, and the first caller fetches as if there had been none. Returns the flight."""
+        if self._token is not None or self.fetching or self._held is not None:
+            return None
+        self._flight = self._start_flight(Want(), hold=False)
+        return self._flight
+
     def _held_error(self, now: float) -> BrokerError | None:
         if self._held is None:
             return None
@@ -175,14 +185,14 @@ class TokenCache:
         self._flight = self._start_flight(want)
         self._flight_is_background = True
 
-    def _start_flight(self, want: Want) -> asyncio.Task[Token]:
-        task = asyncio.get_running_loop().create_task(self._run_fetch(want))
+    def _start_flight(self, want: Want, *, hold: bool = True) -> asyncio.Task[Token]:
+        task = asyncio.get_running_loop().create_task(self._run_fetch(want, hold=hold))
         # Background refresh failures are handled in _run_fetch; consume them here too.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._flight_is_background = False
         return task
 
-    async def _run_fetch(self, want: Want) -> Token:
+    async def _run_fetch(self, want: Want, *, hold: bool = True) -> Token:
         try:
             token = await self._fetch(want)
         except ForceDeclined as declined:
@@ -190,13 +200,15 @@ class TokenCache:
                 self._token = declined.token
             raise
         except BrokerError as error:
-            self._hold(error)
+            if hold:
+                self._hold(error)
             raise
         except Exception as exc:
             # A bug, not an upstream answer: held like any failure, so it cannot become a request storm.
             log.exception("token fetch failed unexpectedly")
             internal = BrokerError("The broker failed unexpectedly while fetching a token; see its log.")
-            self._hold(internal)
+            if hold:
+                self._hold(internal)
             raise internal from exc
         self._token = token
         self._held = None

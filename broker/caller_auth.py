@@ -177,6 +177,10 @@ class SigningKeys:
                 await self._refresh()
         return self._keys.get(kid)
 
+    def knows(self, kid: str) -> bool:
+        """Whether ``kid`` is among the keys loaded now (a key dropped at rotation is not)."""
+        return kid in self._keys
+
     async def ensure_loaded(self) -> None:
         if self._jwks_uri is not None:
             return
@@ -186,14 +190,21 @@ class SigningKeys:
                     raise self._unavailable()
                 await self._refresh()
 
+    async def warm(self) -> None:
+        """Load the metadata and keys ahead of the first caller (process start). A failure here is
+        neither logged nor remembered: the first caller then loads them itself, as without a warm-up."""
+        async with self._lock:
+            if self._jwks_uri is None:
+                await self._refresh(warming=True)
+
     def _may_refresh(self) -> bool:
         return self._clock() - max(self._loaded_at, self._failed_at) >= KEY_REFRESH_INTERVAL_S
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, *, warming: bool = False) -> None:
         try:
             if self._jwks_uri is None:
-                v2 = await self._get_json(self._v2_url)
-                v1 = await self._get_json(self._v1_url)
+                # Both issuers are needed (v1 and v2 tokens); the two documents are independent trips.
+                v2, v1 = await asyncio.gather(self._get_json(self._v2_url), self._get_json(self._v1_url))
                 issuers = {v2.get("issuer"), v1.get("issuer")}
                 if not all(isinstance(i, str) and i for i in issuers) or not isinstance(v2.get("jwks_uri"), str):
                     raise ValueError("metadata lacks issuer or jwks_uri")
@@ -204,6 +215,8 @@ class SigningKeys:
                 jwks = await self._get_json(self._jwks_uri)
             keys = jwt.PyJWKSet.from_dict(jwks).keys
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+            if warming:
+                raise
             self._failed_at = self._clock()
             if self._jwks_uri is None:
                 log.error("caller-auth: cannot load the tenant's signing keys from %s: %s", self._v2_url, exc)
@@ -231,7 +244,13 @@ class SigningKeys:
 
 
 class CallerAuthenticator:
-    """Validates bearer tokens; remembers verified ones until they expire."""
+    """Validates bearer tokens; remembers verified ones until they expire.
+
+    The memory holds, per SHA-256 of a token (never the token), the validated :class:`Caller` and the
+    ``kid`` that signed it: an entry ends at the token's ``exp`` (plus leeway), or as soon as that key is
+    no longer among the tenant's signing keys (rotation). ``nbf`` was checked when it was verified and
+    only recedes. At most :data:`VERIFIED_CACHE_SIZE` entries, oldest dropped first.
+    """
 
     def __init__(
         self,
@@ -244,7 +263,11 @@ class CallerAuthenticator:
         self._diagnostics_clients = settings.diagnostics_client_ids
         self._keys = keys
         self._clock = clock
-        self._verified: OrderedDict[bytes, Caller] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[Caller, str]] = OrderedDict()
+
+    async def warm(self) -> None:
+        """Load the tenant's metadata and signing keys now, ahead of any caller (see :meth:`SigningKeys.warm`)."""
+        await self._keys.warm()
 
     async def authenticate(self, authorization: str | None) -> Caller:
         token = _bearer(authorization)
@@ -260,17 +283,21 @@ class CallerAuthenticator:
         if cached is not None:
             return cached
         caller = await self._verify(token, kid, now)
-        self._verified[digest] = caller
+        # _verify refused a token without a known kid, so kid is set here.
+        self._verified[digest] = (caller, kid or "")
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return caller
 
     def _remembered(self, digest: bytes, now: float) -> Caller | None:
-        cached = self._verified.get(digest)
-        if cached is not None and now >= cached.expires_at + LEEWAY_S:
+        entry = self._verified.get(digest)
+        if entry is None:
+            return None
+        caller, kid = entry
+        if now >= caller.expires_at + LEEWAY_S or not self._keys.knows(kid):
             del self._verified[digest]
             return None
-        return cached
+        return caller
 
     async def _verify(self, token: str, kid: str | None, now: float) -> Caller:
         key = await self._keys.key(kid) if kid is not None else None

@@ -22,6 +22,7 @@ otherwise ignored: the broker belongs to the process, and its owner closes it (s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -50,6 +51,7 @@ from broker.runtime import Broker
 
 log = logging.getLogger("broker.access")
 errors_log = logging.getLogger("broker.errors")
+_HERE = __file__
 
 MAX_HEADER_BYTES = 16 * 1024
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -189,8 +191,13 @@ class Route:
 
     def template(self) -> str:
         """The access line's %-format: the common fields, the route's own, then the latency."""
-        own = "".join(f"{name}=%s " for name, _ in self.line)
-        return f"%s id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s {own}latency_ms=%.1f"
+        return _template(self.line)
+
+
+@functools.cache
+def _template(line: tuple[tuple[str, str], ...]) -> str:
+    own = "".join(f"{name}=%s " for name, _ in line)
+    return f"%s id=%s broker_id=%s provider=%s caller_oid=%s caller_appid=%s {own}latency_ms=%.1f"
 
 
 @dataclass
@@ -215,10 +222,11 @@ class Access:
         return time.perf_counter() - self.started
 
     def write(self) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         own = {"outcome": self.outcome, "status": self.status, "method": self.method}
         values = [self.fields.get(name, own.get(name, default)) for name, default in self.route.line]
-        log.info(
-            self.route.template(),
+        args = (
             self.route.kind,
             self.ids.echo,
             self.ids.own,
@@ -228,6 +236,9 @@ class Access:
             *values,
             self.elapsed_s() * 1000,
         )
+        # The record as log.info() makes it, minus the caller's frame lookup (findCaller): every request
+        # writes this line, and where it was written is always here. Formatting stays lazy (%-args).
+        log.handle(log.makeRecord(log.name, logging.INFO, _HERE, 0, self.route.template(), args, None, "write"))
 
 
 class BrokerApp(_Surface):

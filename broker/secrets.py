@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     AzureError,
@@ -278,6 +279,20 @@ class KeyVaultSecretStore:
     async def read(self, name: str, version: str | None = None) -> SecretValue:
         return await asyncio.to_thread(self._read, name, version)
 
+    async def warm(self) -> None:
+        """Build the client and get the managed identity's token for the vault ahead of the first read.
+
+        A cold read waits for Key Vault's 401 challenge and only then for the identity token; taken
+        here, side by side with the reads' challenge, the token is ready when the challenge is answered
+        (the credential is single-flight per scope, so the reads join this request). Raises what the
+        credential raises; the warm-up (:mod:`broker.warmup`) reports it."""
+        await asyncio.to_thread(self._warm)
+
+    def _warm(self) -> None:
+        # The identity token first: building the credential imports azure-identity, the slow part.
+        self._credential.get_token_info(key_vault_scope(self._vault_url), options={"enable_cae": True})
+        _ = self._client
+
     def _read(self, name: str, version: str | None) -> SecretValue:
         try:
             try:
@@ -398,6 +413,21 @@ class KeyVaultSecretStore:
             secret=name,
             retry_after=KEY_VAULT_RETRY_AFTER_S,
         )
+
+
+# Key Vault's token audience in Azure's public cloud; a sovereign cloud's vault host names its own
+# (myvault.vault.azure.cn -> https://vault.azure.cn). The challenge Key Vault answers a token-less
+# request with names it (resource="https://vault.azure.net"): "Azure Key Vault authentication",
+# https://learn.microsoft.com/azure/key-vault/general/authentication (read 2026-12-06).
+PUBLIC_VAULT_RESOURCE = "https://vault.azure.net"
+
+
+def key_vault_scope(vault_url: str) -> str:
+    """The scope the Key Vault SDK asks the credential for, after the challenge, for this vault."""
+    host = urlsplit(vault_url).hostname or ""
+    _, _, suffix = host.partition(".")
+    resource = f"https://{suffix}" if suffix.startswith("vault.") else PUBLIC_VAULT_RESOURCE
+    return f"{resource}/.default"
 
 
 def vault_denial(exc: BaseException) -> str | None:

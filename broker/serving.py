@@ -17,6 +17,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from broker.http import MAX_HEADER_BYTES
 from broker.runtime import Broker
+from broker.warmup import start_warm_up
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,24 @@ def server_config(app: ASGIApp, *, host: str, port: int, limits: ServerLimits | 
 
 
 class BrokerServer(uvicorn.Server):
-    """uvicorn's server; ``run`` closes the broker after the server has stopped."""
+    """uvicorn's server; ``run`` closes the broker after the server has stopped.
 
-    def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
+    With ``warm_up`` (``python -m broker serve``), the process-start warm-up (:mod:`broker.warmup`)
+    begins as the server starts, beside uvicorn's own start-up.
+    """
+
+    def __init__(self, config: uvicorn.Config, broker: Broker, *, warm_up: bool = False) -> None:
         super().__init__(config)
         self.broker = broker
+        self.warm_up = warm_up
+        self.warming: asyncio.Task[dict[str, str]] | None = None
 
     async def run_until_stopped(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.warm_up:
+            self.warming = start_warm_up(self.broker)
         try:
             await self.serve(sockets=sockets)
         finally:
+            if self.warming is not None:
+                self.warming.cancel()
             await self.broker.aclose()

@@ -12,6 +12,7 @@ once, and every request answers 503 ``broker_misconfigured`` naming the setting.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from broker.http import BrokerApp, MisconfiguredApp
 from broker.rotation import check_rotation_event
 from broker.runtime import Broker
 from broker.telemetry import Exporter, configure_exporter
+from broker.warmup import start_warm_up
 
 log = logging.getLogger("broker.startup")
 
@@ -99,6 +101,8 @@ class Process:
         # Who sends this process's telemetry to Application Insights (broker.telemetry.configure_exporter).
         self.exporter = exporter
         self.broker = broker
+        # The process-start warm-up (broker.warmup), when one was started.
+        self.warming: asyncio.Task[dict[str, str]] | None = None
         self._app: BrokerApp | MisconfiguredApp
         if broker is not None and error is None:
             self._app = create_app(broker)
@@ -111,7 +115,12 @@ class Process:
         await self._app(scope, receive, send)
 
     def install(self, broker: Broker) -> None:
-        """Serve ``broker`` from now on: for tests and benchmarks whose broker has injected parts (a clock)."""
+        """Serve ``broker`` from now on: for tests and benchmarks whose broker has injected parts (a clock).
+
+        The replaced broker's warm-up, if it has not run yet, never will."""
+        if self.warming is not None:
+            self.warming.cancel()
+            self.warming = None
         self.broker, self.error = broker, None
         self._app = create_app(broker)
 
@@ -141,4 +150,10 @@ def start_functions(environ: Mapping[str, str] | None = None) -> Process:
         )
         return Process(None, error, exporter=exporter)
     log_warnings(settings)
-    return Process(Broker(settings), exporter=exporter)
+    broker = Broker(settings)
+    process = Process(broker, exporter=exporter)
+    # The worker imports function_app.py inside its running event loop (azure_functions_runtime's
+    # async worker_init_request calls load_function_metadata, which imports it): the warm-up starts
+    # there, with the process. Without a running loop (a plain import) there is nothing to start it on.
+    process.warming = start_warm_up(broker)
+    return process

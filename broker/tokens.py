@@ -13,17 +13,22 @@ class Secret:
     Call :meth:`reveal` at the one place that must send the value on the wire.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_fingerprint", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._fingerprint: str | None = None
 
     def reveal(self) -> str:
         return self._value
 
     def fingerprint(self) -> str:
-        """First 8 hex digits of SHA-256: enough to tell values apart in a log, useless to an attacker."""
-        return fingerprint(self._value)
+        """First 8 hex digits of SHA-256: enough to tell values apart in a log, useless to an attacker.
+
+        Computed once: a cached token's access line names it on every request."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self._value)
+        return self._fingerprint
 
     def __len__(self) -> int:
         return len(self._value)

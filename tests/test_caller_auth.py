@@ -211,6 +211,26 @@ async def test_an_identical_verified_token_is_not_verified_again_but_still_expir
     await broker.aclose()
 
 
+async def test_a_remembered_token_is_refused_once_its_signing_key_leaves_the_key_set(stack: Stack) -> None:
+    """The verified-token cache honours key rotation: a token signed by a key Entra dropped is refused."""
+    broker = stack.broker()
+    keys_clock = Ticking()
+    auth = authenticator(broker, stack, keys_clock=keys_clock)
+    old = stack.caller()
+    await auth.authenticate(f"Bearer {old}")
+    stack.entra.rotate()
+    try:
+        stack.entra.drop_old_keys()
+        keys_clock.now += 61
+        # A token with the new kid makes the broker reload the key set, which no longer holds the old key.
+        await auth.authenticate(f"Bearer {stack.caller()}")
+        with pytest.raises(InvalidCallerToken) as refused:
+            await auth.authenticate(f"Bearer {old}")
+        assert refused.value.reason == "unknown_key"
+    finally:
+        await broker.aclose()
+
+
 def hostile_claims() -> dict[str, dict[str, object]]:
     return {
         "exp 10**400": {"exp": 10**400},

@@ -1,5 +1,6 @@
-"""The secret store: the Key Vault SDK's models are built once before any concurrent read, and every
-failed read is classified once, where the SDK's exception is translated."""
+"""The secret store: the Key Vault SDK's models are built once before any concurrent read, every failed
+read is classified once, where the SDK's exception is translated, and the warm-up asks for the token Key
+Vault's challenge will name."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from broker.fleet.layer import CIRCUIT_OPEN_S
 from broker.fleet.record import blob_name
 from broker.runtime import Broker
 from broker.standin.faults import Reply
+from broker.warmup import warm_up
 from tests.conftest import SENSITIVE, Api, Stack, sensitive
 from tests.fleet.support import Azurite, counted_telemetry, events, fleet_env
 from tests.hosts import open_host
@@ -375,3 +376,20 @@ async def test_a_blob_under_a_key_version_older_than_the_previous_one_is_refused
     assert (served == token) is served_from_the_fleet
     assert (events(reader).get("decrypt_failure", 0) == 0) is served_from_the_fleet
     assert fleet_stack.tokens.request_count == (1 if served_from_the_fleet else 2)
+
+
+async def test_a_new_instance_s_warm_up_takes_the_fleet_s_token(fleet_stack: Stack) -> None:
+    """The fleet cache is part of the process-start warm-up: a new instance's warm-up fills its cache from
+    the blob another instance wrote, with no token request and no client-secret read."""
+    first = instance(fleet_stack)
+    warm = await get(first)
+    fleet_stack.kv.reset_counts()
+    requests_before = fleet_stack.tokens.request_count
+    fresh = instance(fleet_stack)
+    assert await warm_up(fresh) == {}
+    cached = fresh.providers["ilevel"].cache.token
+    assert cached is not None and cached.access_token == warm.token.access_token
+    assert cached.origin == "fleet"
+    assert fleet_stack.tokens.request_count == requests_before
+    assert fleet_stack.kv.reads["ilevel-client-secret"] == 0
+    assert events(fresh).get("hit") == 1

@@ -14,6 +14,8 @@ from broker.config import FLEET_CONTAINER
 from broker.fleet.layer import LEASE_S
 from broker.fleet.record import blob_name
 from broker.standin.faults import Reply
+from broker.standin.oauth import TOKEN_PATH, TokenServer
+from broker.standin.serve import run_server
 from tests.conftest import ROLE, Stack, sensitive
 from tests.fleet.processes import fleet_of
 from tests.fleet.support import Azurite
@@ -23,34 +25,37 @@ pytestmark = pytest.mark.fleet_processes
 
 async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stack, tmp_path: Path) -> None:
     """A concurrent cold burst of 240 requests over 8 broker processes: exactly 1 token request and
-    1 client-secret read for the whole fleet, every request 200 with the same token. Then, for a second
-    provider, the leader's 429 Retry-After: 30 is the fleet's: the other 7 make 0 token requests."""
+    1 client-secret read for the whole fleet, every request 200 with the same token. A second provider's
+    token endpoint answers 429 Retry-After: 30 from the start: the leader's 429 (the serve processes warm
+    every provider up as they start) is the fleet's, and the other 7 make 0 token requests."""
+    throttling = TokenServer()
+    throttling.default_reply = Reply(429, json={"error": "slow_down"}, headers={"Retry-After": "30"})
     fleet_stack.kv.set_secret("other-client-id", fleet_stack.client_id)
     fleet_stack.kv.set_secret("other-client-secret", fleet_stack.client_secret)
-    fleet_stack.env.update(
-        BROKER_PROVIDERS="ilevel,other",
-        BROKER_OTHER_TOKEN_URL=fleet_stack.token_url,
-        BROKER_OTHER_ALLOWED_ROLES=ROLE,
-    )
     fleet_stack.kv.reset_counts()
     fleet_stack.tokens.latency_s = 0.3
-    with fleet_of(fleet_stack, tmp_path, serve=4, functions=4) as fleet:
-        answers = await fleet.burst(30)
-        assert len(answers) == 240
-        assert {a["status"] for a in answers} == {200}
-        assert len({a["token"] for a in answers}) == 1
-        assert fleet_stack.tokens.request_count == 1
-        assert fleet_stack.kv.reads["ilevel-client-secret"] == 1
+    with run_server(throttling) as other:
+        fleet_stack.env.update(
+            BROKER_PROVIDERS="ilevel,other",
+            BROKER_OTHER_TOKEN_URL=other.url + TOKEN_PATH,
+            BROKER_OTHER_ALLOWED_ROLES=ROLE,
+        )
+        with fleet_of(fleet_stack, tmp_path, serve=4, functions=4) as fleet:
+            answers = await fleet.burst(30)
+            assert len(answers) == 240
+            assert {a["status"] for a in answers} == {200}
+            assert len({a["token"] for a in answers}) == 1
+            assert fleet_stack.tokens.request_count == 1
+            assert fleet_stack.kv.reads["ilevel-client-secret"] == 1
 
-        fleet_stack.tokens.default_reply = Reply(429, json={"error": "slow_down"}, headers={"Retry-After": "30"})
-        started = time.monotonic()
-        throttled = await fleet.burst(5, provider="other")
-        again = await fleet.burst(5, provider="other")
-        within = time.monotonic() - started
+            started = time.monotonic()
+            throttled = await fleet.burst(5, provider="other")
+            again = await fleet.burst(5, provider="other")
+            within = time.monotonic() - started
     assert within < 30
     assert {a["status"] for a in throttled + again} == {503}
     assert all(a["retry_after"] for a in throttled + again)
-    assert fleet_stack.tokens.request_count == 2  # the ilevel token, and the leader's one 429 for "other"
+    assert throttling.request_count == 1  # the leader's one 429 for "other"
 
 
 async def test_a_killed_leader_blocks_no_one_past_its_lease(fleet_stack: Stack, tmp_path: Path) -> None:
