@@ -20,8 +20,8 @@ import pytest
 
 from bench.server import ROOT
 from bench.stack import StandIns, standins
-from broker.config import load_settings
 from broker.app import create_app
+from broker.config import load_settings
 from broker.runtime import Broker
 from broker.serving import BrokerServer, server_config
 from broker.standin.trips import Trip, critical_path

@@ -92,8 +92,8 @@ async def test_a_replayed_record_never_serves_the_old_token_to_a_cold_instance(
 ) -> None:
     """The blob's earlier (genuine) bytes written back after the client secret was rotated and the fleet
     refreshed: a cold instance refuses the replayed record and fetches; it never serves the old token."""
-    with fleet_of(fleet_stack, tmp_path, serve=2, functions=0) as fleet:
-        warm, cold = fleet.instances
+    with fleet_of(fleet_stack, tmp_path, serve=1, functions=0) as fleet:
+        (warm,) = fleet.instances
         (first,) = await fleet.burst(1, only=[warm])
         blob = ContainerClient.from_connection_string(azurite.connection_string, FLEET_CONTAINER).get_blob_client(
             blob_name("ilevel", fleet_stack.token_url, fleet_stack.client_id)
@@ -109,7 +109,12 @@ async def test_a_replayed_record_never_serves_the_old_token_to_a_cold_instance(
             )
         assert forced.status_code == 200
         blob.upload_blob(earlier, overwrite=True)  # the replay
-        (served,) = await fleet.burst(1, only=[cold])
+        # Started only now: a process warms its cache up as it starts, so an instance started earlier
+        # would already hold the first token and prove nothing about the replayed record.
+        (tmp_path / "cold").mkdir()
+        with fleet_of(fleet_stack, tmp_path / "cold", serve=1, functions=0) as later:
+            (cold,) = later.instances
+            (served,) = await later.burst(1, only=[cold])
     assert first["status"] == served["status"] == 200
     assert served["token"] != first["token"]
     assert fleet_stack.tokens.request_count == 3  # the first, the forced one, and the cold instance's own
