@@ -8,7 +8,8 @@ order is parameters (400) → provider (404) → authorization (403) → the wor
 404, so an unauthenticated caller learns nothing. A route without ``accepts`` (``/api/health``)
 is anonymous. Errors become responses in one place (:func:`error_response`), every response
 leaves through :func:`deliver` (``X-Request-Id``, ``Cache-Control: no-store``, no HEAD body),
-and every authenticated request writes one access line (:class:`Access`) after it is sent.
+and every authenticated request writes one access line (:class:`Access`) after it is sent, but for the
+outcomes its route counts on a metric instead (``Route.unlogged``: a cached token, ``hit``).
 
 The routes themselves live in :mod:`broker.routes`, each in its own module; their table is
 handed to :class:`BrokerApp` (:func:`broker.app.create_app`), never imported here. A handler
@@ -166,7 +167,8 @@ class Route:
     The shape (:meth:`BrokerApp.handle`) does the rest for every route alike: 431 for oversized
     headers, authentication (401) and ``accepts`` (401/403), the method (405), error translation,
     the access line and ``observe`` (telemetry), in that order. ``accepts=None`` is an anonymous
-    route with no access line (health).
+    route with no access line (health). An outcome in ``unlogged`` writes no access line: ``observe``
+    counts it on a metric (exporting a log record costs more than answering a cached token, issue 24).
     """
 
     kind: str  # the access line's first word
@@ -180,6 +182,8 @@ class Route:
     # Errors the broker makes itself carry X-Broker-Error, to tell them from an upstream's own.
     marks_errors: bool = False
     observe: Observer | None = None
+    # Outcomes that write no access line, only a metric (``observe``): the token route's ``hit``.
+    unlogged: frozenset[str] = frozenset()
     # Match ``path`` against the raw path (the caller's percent-encoding kept, read as latin-1) instead
     # of the decoded one: for a route that passes the path on (proxy). The Functions host decodes both.
     raw_path: bool = False
@@ -221,8 +225,12 @@ class Access:
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
+    def caller_ids(self) -> tuple[str, str]:
+        """The caller's oid and appid as the line writes them (``-`` before authentication)."""
+        return (str(self.caller.oid), str(self.caller.app_id)) if self.caller else ("-", "-")
+
     def write(self) -> None:
-        if not log.isEnabledFor(logging.INFO):
+        if self.outcome in self.route.unlogged or not log.isEnabledFor(logging.INFO):
             return
         own = {"outcome": self.outcome, "status": self.status, "method": self.method}
         values = [self.fields.get(name, own.get(name, default)) for name, default in self.route.line]
@@ -231,8 +239,7 @@ class Access:
             self.ids.echo,
             self.ids.own,
             self.provider,
-            self.caller.oid if self.caller else "-",
-            self.caller.app_id if self.caller else "-",
+            *self.caller_ids(),
             *values,
             self.elapsed_s() * 1000,
         )

@@ -7,7 +7,9 @@ process: under Azure Functions with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY 
 (azure_functions_runtime) has already done it (see :func:`configure_exporter`), and a second
 configuration would send every broker log record twice.
 Every instrument carries ``provider`` and ``outcome`` attributes (caller-auth
-failures carry ``reason``). No attribute ever holds a secret or token.
+failures carry ``reason``). ``broker.token.requests`` also carries the caller's ``caller_oid`` and
+``caller_appid``: a cached token (``hit``) writes no access line, so this counter and
+``broker.token.duration`` are what the workbook reads for hits. No attribute ever holds a secret or token.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class Telemetry:
         meter = metrics.get_meter("ilevel_token_broker", meter_provider=meter_provider)
         self.tracer = trace.get_tracer("ilevel_token_broker", tracer_provider=tracer_provider)
         self.served = meter.create_counter("broker.token.requests", description="Token requests answered")
+        self.duration = meter.create_histogram(
+            "broker.token.duration", unit="s", description="Token request latency, the answer sent, by outcome"
+        )
         self.fetches = meter.create_counter("broker.upstream.fetches", description="Upstream token requests")
         self.fetch_latency = meter.create_histogram(
             "broker.upstream.fetch.duration", unit="s", description="Upstream token request latency"
@@ -69,17 +74,24 @@ class Telemetry:
             "broker.token.remaining_lifetime", unit="s", description="Remaining token lifetime when served"
         )
 
-    def token_served(self, provider: str, served: Served, now: float) -> None:
+    def token_served(self, provider: str, served: Served, now: float, caller: tuple[str, str] = ("-", "-")) -> None:
+        """One token answered to ``caller`` (its oid and appid, as the access line writes them)."""
         outcome = served.outcome
-        self.served.add(1, {"provider": provider, "outcome": outcome})
+        attributes = {"provider": provider, "outcome": outcome, "caller_oid": caller[0], "caller_appid": caller[1]}
+        self.served.add(1, attributes)
         self.remaining.record(max(0.0, served.token.remaining(now)), {"provider": provider, "outcome": outcome})
+
+    def token_answered(self, provider: str, outcome: str, duration_s: float) -> None:
+        """The token route's latency, the answer sent (the access line's ``latency_ms``), by outcome."""
+        self.duration.record(duration_s, {"provider": provider, "outcome": outcome})
 
     def fleet_event(self, provider: str, event: str) -> None:
         """hit, miss, lease_won, lease_lost, wait, fallback, decrypt_failure or rejected (docs/operations.md)."""
         self.fleet_events.add(1, {"provider": provider, "event": event})
 
-    def token_failed(self, provider: str, error: BrokerError) -> None:
-        self.served.add(1, {"provider": provider, "outcome": error.code})
+    def token_failed(self, provider: str, error: BrokerError, caller: tuple[str, str] = ("-", "-")) -> None:
+        attributes = {"provider": provider, "outcome": error.code, "caller_oid": caller[0], "caller_appid": caller[1]}
+        self.served.add(1, attributes)
 
     def proxied(self, provider: str, status: int, duration_s: float) -> None:
         attributes = {"provider": provider, "status_class": f"{status // 100}xx"}

@@ -57,10 +57,12 @@ async def test_a_post_body_is_ignored_parameters_come_from_the_query_only(
 async def test_a_caller_chosen_request_id_is_kept_and_the_broker_logs_its_own_beside_it(
     api: Api, stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two requests with the same X-Request-Id: both echoed, each logged with a distinct broker id beside it."""
+    """Two requests with the same X-Request-Id: both echoed, each logged with a distinct broker id beside it.
+
+    Both ask for an unknown provider (404): a cached token (``hit``) writes no access line."""
     chosen = "adf-run-0001-retry"
     for _ in range(2):
-        response = await api.get("/api/token/ilevel", token=stack.caller(), headers={"X-Request-Id": chosen})
+        response = await api.get("/api/token/nowhere", token=stack.caller(), headers={"X-Request-Id": chosen})
         assert response.headers["x-request-id"] == chosen
     lines = [r.getMessage() for r in caplog.records if r.name == "broker.access"]
     own = [re.search(rf"id={chosen} broker_id=([0-9a-f]{{32}}) ", line) for line in lines]

@@ -52,7 +52,9 @@ def test_the_recorded_log_has_rows_for_the_panels(recorded: Path) -> None:
     rows = panels.load(recorded)
     grain = 900.0
     assert {"hit", "fetched"} <= set(panels.tokens_by_outcome(rows, grain))
-    assert {"token p50", "token p95", "proxy p50", "proxy p95"} <= set(panels.latency_by_route(rows, grain))
+    assert {"token p50", "token p95", "proxy p50", "proxy p95", "token hit mean"} <= set(
+        panels.latency_by_route(rows, grain)
+    )
     assert {status for _, status, _, _ in panels.proxy_by_provider(rows)} >= {"2xx", "4xx"}
     assert {reason for reason, _ in panels.rejections_by_reason(rows)} >= {"missing", "audience"}
     assert len(panels.top_callers(rows)) >= 5
@@ -67,6 +69,17 @@ def test_with_azurite_the_night_runs_on_a_fleet_whose_panel_has_hits_and_misses(
     assert {"hit", "miss"} <= set(panels.fleet_cache(rows, 900.0))
     leases = [r for r in rows if r["table"] == "customMetrics" and r["customDimensions"].get("event") == "lease_won"]
     assert leases
+
+
+def test_hits_are_drawn_from_the_metrics_and_no_hit_writes_a_line(recorded: Path) -> None:
+    """A cached token writes no access line: the panels count and time hits from broker.token.requests and
+    broker.token.duration, with the caller's ids, so hits still lead the outcomes and the top callers."""
+    rows = panels.load(recorded)
+    assert not [r for r in panels._access(rows, "request ") if "outcome=hit " in r["message"]]
+    counted = sum(r["valueSum"] for r in panels._hits(rows, "broker.token.requests"))
+    assert counted == sum(panels.tokens_by_outcome(rows, 900.0)["hit"].values()) > 0
+    assert all(r["customDimensions"]["caller_appid"] != "-" for r in panels._hits(rows, "broker.token.requests"))
+    assert sum(requests for _, _, requests, _ in panels.top_callers(rows)) >= counted
 
 
 def test_the_recorded_rows_look_like_application_insights_rows(recorded: Path) -> None:

@@ -130,6 +130,28 @@ async def test_one_log_line_per_request_with_its_id_caller_outcome_and_token_fin
     assert f"token={fingerprint(response.json()['access_token'])}" in line
 
 
+async def test_a_cached_token_writes_no_line_but_is_counted_with_its_caller_and_timed(
+    measured: tuple[httpx.AsyncClient, Metrics], stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hit is the metrics' alone (exporting a line costs more than the hit): the fetch before it and a
+    failure after it still write one line each, and every answer is counted with the caller who got it."""
+    client, metrics = measured
+    oid = "5f0c1c3e-0000-4000-8000-000000000002"
+    caller = stack.caller(oid=oid)
+    for _ in range(3):
+        assert (await client.get("/api/token/ilevel", headers=bearer(caller))).status_code == 200
+    assert (await client.get("/api/token/nowhere", headers=bearer(caller))).status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.access"]
+    assert [line.split("outcome=")[1].split()[0] for line in lines] == ["fetched", "unknown_provider"]
+    counted = metrics.counts("broker.token.requests", "outcome", "caller_oid", "caller_appid")
+    appid = lines[0].split("caller_appid=")[1].split()[0]
+    assert counted[("hit", oid, appid)] == 2 and counted[("fetched", oid, appid)] == 1
+    assert counted[("unknown_provider", oid, appid)] == 1
+    timed = {p.attributes["outcome"]: p for p in metrics.points("broker.token.duration")}
+    assert timed["hit"].count == 2 and timed["fetched"].count == 1 and timed["unknown_provider"].count == 1
+    assert 0 < timed["hit"].sum / 2 < timed["fetched"].sum, "a hit is timed, and faster than the fetch"
+
+
 def test_no_export_without_an_application_insights_connection_string() -> None:
     """Without APPLICATIONINSIGHTS_CONNECTION_STRING telemetry is not exported (the API's no-op instruments remain)."""
     assert configure_exporter({}) == "none"

@@ -71,22 +71,20 @@ def test_with_the_deployed_settings_the_worker_creates_its_propagator_and_comple
 
 
 def test_only_the_broker_records_are_exported_each_exactly_once(deployed: dict[str, Any]) -> None:
-    """A fetching token request and a cached one log one access line each (the first token's own lines belong
-    to the process-start warm-up); exactly those reach ingestion, each once (none of the worker's own
-    per-invocation lines, which the root logger would add)."""
+    """A forced fetch logs its access line and a cached token (hit) none; exactly those reach ingestion, each
+    once (none of the worker's own per-invocation lines, which the root logger would add)."""
     cold, warm = deployed["requests"]
-    assert (len(cold["broker_messages"]), len(warm["broker_messages"])) == (1, 1)
-    assert " outcome=fetched " in cold["broker_messages"][0] and " outcome=hit " in warm["broker_messages"][0]
+    assert (len(cold["broker_messages"]), len(warm["broker_messages"])) == (1, 0)
     for request in (cold, warm):
         assert request["exported_messages"] == request["broker_messages"]
-    assert sum(text.startswith("request id=") for text in warm["exported_messages"]) == 1
+    assert sum(text.startswith("request id=") for text in cold["exported_messages"]) == 1
 
 
 def test_the_broker_spans_and_records_share_the_hosts_operation_id(deployed: dict[str, Any]) -> None:
     """Every record and span of a request carries the trace id the host passed in its traceparent."""
     cold, warm = deployed["requests"]
-    for request in (cold, warm):
-        assert request["message_operation_ids"] == [request["trace_id"]]
+    assert cold["message_operation_ids"] == [cold["trace_id"]]
+    assert warm["message_operation_ids"] == [], "a hit writes no record"
     names = cold["dependency_names"]
     assert names.count("broker.secret.read") == 2 and names.count("broker.upstream.fetch") == 1
     assert set(cold["dependency_operation_ids"]) - {cold["trace_id"]} <= set(cold["exporter_token_operation_ids"])
@@ -94,11 +92,12 @@ def test_the_broker_spans_and_records_share_the_hosts_operation_id(deployed: dic
 
 
 def test_the_broker_metrics_are_exported(deployed: dict[str, Any]) -> None:
-    """The instruments the alerts and the workbook read reach customMetrics."""
-    cold, _ = deployed["requests"]
+    """The instruments the alerts and the workbook read reach customMetrics; a hit is counted and timed there."""
+    cold, warm = deployed["requests"]
     assert {"broker.token.requests", "broker.upstream.fetches", "broker.keyvault.reads"} <= set(
         cold["broker_metric_names"]
     )
+    assert {"broker.token.requests", "broker.token.duration"} <= set(warm["broker_metric_names"])
 
 
 def test_nothing_exported_carries_a_secret_or_a_token(deployed: dict[str, Any], default_mode: dict[str, Any]) -> None:
@@ -114,9 +113,11 @@ def test_a_worker_that_only_attaches_the_trace_context_leaves_one_correlated_cop
     assert result["distro_configurations"] == [{"logger_name": LOGGER_NAME}]
     assert result["broker_handlers"].count("LoggingHandler") == 1
     assert result["failures"] == []
-    for request in result["requests"]:
-        assert request["exported_messages"] == request["broker_messages"] != []
-        assert request["message_operation_ids"] == [request["trace_id"]]
+    fetched, hit = result["requests"]
+    assert fetched["exported_messages"] == fetched["broker_messages"] != []
+    assert fetched["message_operation_ids"] == [fetched["trace_id"]]
+    assert hit["exported_messages"] == hit["broker_messages"] == [], "a cached token writes no record"
+    assert {"broker.token.requests", "broker.token.duration"} <= set(hit["broker_metric_names"])
 
 
 def test_without_opentelemetry_mode_the_app_exports_uncorrelated(default_mode: dict[str, Any]) -> None:

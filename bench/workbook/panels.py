@@ -20,6 +20,8 @@ from bench.workbook.night import Row
 
 # The access line outcomes of a token served (anything else is a failed request).
 SERVED = ("hit", "fetched", "refreshed", "stale")
+# A cached token writes no access line: broker.token.requests counts it and broker.token.duration times it.
+HIT = "hit"
 
 # --- the panels' query logic ----------------------------------------------------------------------
 
@@ -40,6 +42,12 @@ def _access(rows: list[Row], *prefixes: str) -> Iterator[Row]:
             yield row
 
 
+def _hits(rows: list[Row], metric: str) -> Iterator[Row]:
+    for row in rows:
+        if row["table"] == "customMetrics" and row["name"] == metric and row["customDimensions"].get("outcome") == HIT:
+            yield row
+
+
 def _bin(timestamp: float, grain: float) -> float:
     return timestamp - timestamp % grain
 
@@ -50,7 +58,11 @@ Series = dict[str, dict[float, float]]
 def tokens_by_outcome(rows: list[Row], grain: float) -> Series:
     series: Series = defaultdict(lambda: defaultdict(float))
     for row in _access(rows, "request "):
-        series[_field("outcome", row["message"]) or ""][_bin(row["timestamp"], grain)] += 1
+        outcome = _field("outcome", row["message"]) or ""
+        if outcome != HIT:
+            series[outcome][_bin(row["timestamp"], grain)] += 1
+    for row in _hits(rows, "broker.token.requests"):
+        series[HIT][_bin(row["timestamp"], grain)] += row["valueSum"]
     return series
 
 
@@ -61,12 +73,19 @@ def latency_by_route(rows: list[Row], grain: float) -> Series:
     for row in _access(rows, "request ", "proxy "):
         route = "proxy" if row["message"].startswith("proxy ") else "token"
         latency = _field("latency_ms", row["message"], r"[0-9.]+")
-        if latency is not None:
+        if latency is not None and _field("outcome", row["message"]) != HIT:
             samples[(route, _bin(row["timestamp"], grain))].append(float(latency))
     series: Series = defaultdict(dict)
     for (route, at), values in samples.items():
         series[f"{route} p50"][at] = float(numpy.percentile(values, 50))
         series[f"{route} p95"][at] = float(numpy.percentile(values, 95))
+    sums: dict[float, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in _hits(rows, "broker.token.duration"):
+        cell = sums[_bin(row["timestamp"], grain)]
+        cell[0] += row["valueSum"]
+        cell[1] += row["valueCount"]
+    for at, (total, count) in sums.items():
+        series["token hit mean"][at] = 1000.0 * total / count
     return series
 
 
@@ -94,12 +113,17 @@ def top_callers(rows: list[Row]) -> list[tuple[str, str, int, int]]:
     failed: Counter[tuple[str, str]] = Counter()
     for row in _access(rows, "request ", "proxy "):
         message = row["message"]
+        if _field("outcome", message) == HIT:
+            continue
         key = (_field("caller_appid", message) or "", _field("caller_oid", message) or "")
         requests[key] += 1
         if message.startswith("proxy "):
             failed[key] += int(_field("status", message, "[0-9]+") or 0) >= 400
         else:
             failed[key] += _field("outcome", message) not in SERVED
+    for row in _hits(rows, "broker.token.requests"):
+        caller = row["customDimensions"]
+        requests[(str(caller.get("caller_appid", "")), str(caller.get("caller_oid", "")))] += int(row["valueSum"])
     return [(appid, oid, n, failed[(appid, oid)]) for (appid, oid), n in requests.most_common(10)]
 
 

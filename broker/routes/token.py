@@ -1,4 +1,9 @@
-"""``/api/token/{provider}``: the token ADF reads, with its query parameters and its access line."""
+"""``/api/token/{provider}``: the token ADF reads, with its query parameters and its access line.
+
+Every answer but a cached token (``hit``) writes an access line; a hit is counted on
+``broker.token.requests`` (with the caller) and timed on ``broker.token.duration`` only: exporting a
+log record to Application Insights costs several times the whole hit (bench/README.md, issue 24).
+"""
 
 from __future__ import annotations
 
@@ -87,7 +92,7 @@ async def token(broker: Broker, request: Request, access: Access, match: re.Matc
     access.outcome = served.outcome
     access.fields["origin"] = token_origin(served)
     access.fields["token"] = served.token.access_token.fingerprint()
-    broker.telemetry.token_served(name, served, now)
+    broker.telemetry.token_served(name, served, now, access.caller_ids())
     response: Response = JSONResponse(token_body(served.token, now))
     if served.stale_reason is not None:
         response.headers[STALE_HEADER] = served.stale_reason.code
@@ -96,9 +101,12 @@ async def token(broker: Broker, request: Request, access: Access, match: re.Matc
     return response
 
 
-def _token_failed(broker: Broker, access: Access, error: BrokerError | None) -> None:
-    if error is not None and access.provider != "-":
-        broker.telemetry.token_failed(access.provider, error)
+def _token_observed(broker: Broker, access: Access, error: BrokerError | None) -> None:
+    if access.provider == "-":
+        return  # refused before a provider was named: the access line (and caller_auth.failures) say so
+    if error is not None:
+        broker.telemetry.token_failed(access.provider, error, access.caller_ids())
+    broker.telemetry.token_answered(access.provider, access.outcome, access.elapsed_s())
 
 
 TOKEN = Route(
@@ -108,5 +116,7 @@ TOKEN = Route(
     handler=token,
     # origin: where the token came from (instance, fleet, fetch; "-" for none), see token_origin.
     line=(("outcome", "-"), ("origin", "-"), ("token", "-")),
-    observe=_token_failed,
+    observe=_token_observed,
+    # A cached token is counted and timed on metrics (_token_observed), not logged: see the module's docstring.
+    unlogged=frozenset({"hit"}),
 )
