@@ -20,16 +20,24 @@ PORT ?= 7071
 # Current checkov (>= 3.3 has CKV_AZURE_189 and the newer Azure checks); a new pin re-installs.
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
-# Azurite, the Blob Storage emulator the fleet-cache tests start (tests/fleet/conftest.py), from npm,
-# pinned; a new pin re-installs. Its well-known development account key is public by design.
-AZURITE_VERSION := 3.37.0
+# The npm tools the tests run, each installed with `npm ci` from a committed lockfile
+# (tests/tools/<tool>/package.json + package-lock.json), so no transitive version can drift.
+# A changed lockfile re-installs. To bump one: edit the version in its package.json, then
+#   npm install --package-lock-only --no-audit --no-fund --prefix tests/tools/<tool>
+# review the lockfile's diff, run make test, and commit both files.
+# Azurite, the Blob Storage emulator the fleet-cache tests start (tests/fleet/conftest.py). Its
+# well-known development account key is public by design.
+AZURITE_LOCK := tests/tools/azurite
+AZURITE_VERSION := $(shell sed -n 's/^ *"azurite": "\(.*\)".*/\1/p' $(AZURITE_LOCK)/package.json)
 AZURITE_DIR := $(VENV)/tools/azurite
 AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(AZURITE_VERSION)
-# Microsoft's KQL parser (Kusto.Language, built for JavaScript) from npm: tests/infra/test_kql_syntax.py
+# Microsoft's KQL parser (Kusto.Language, built for JavaScript): tests/infra/test_kql_syntax.py
 # parses and analyses every deployed and documented query with it.
-KUSTO_VERSION := 12.4.1
+KUSTO_LOCK := tests/tools/kusto
+KUSTO_VERSION := $(shell sed -n 's/^ *"@kusto\/language-service-next": "\(.*\)".*/\1/p' $(KUSTO_LOCK)/package.json)
 KUSTO_DIR := $(VENV)/tools/kusto
 KUSTO_STAMP := $(KUSTO_DIR)/.installed-$(KUSTO_VERSION)
+NPM_CI := npm ci --no-audit --no-fund --silent
 
 .PHONY: run test lint typecheck unit infra-check bench clean
 
@@ -47,13 +55,16 @@ $(CHECKOV_STAMP): | $(STAMP)
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==$(CHECKOV_VERSION)
 	touch $@
 
-$(AZURITE_STAMP): | $(STAMP)
-	npm install --prefix $(AZURITE_DIR) --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
+$(AZURITE_STAMP): $(AZURITE_LOCK)/package.json $(AZURITE_LOCK)/package-lock.json | $(STAMP)
+	rm -rf $(AZURITE_DIR) && mkdir -p $(AZURITE_DIR)
+	cp $^ $(AZURITE_DIR)/
+	$(NPM_CI) --prefix $(AZURITE_DIR)
 	touch $@
 
-$(KUSTO_STAMP):
-	mkdir -p $(KUSTO_DIR)
-	npm install --silent --no-audit --no-fund --prefix $(KUSTO_DIR) @kusto/language-service-next@$(KUSTO_VERSION)
+$(KUSTO_STAMP): $(KUSTO_LOCK)/package.json $(KUSTO_LOCK)/package-lock.json
+	rm -rf $(KUSTO_DIR) && mkdir -p $(KUSTO_DIR)
+	cp $^ $(KUSTO_DIR)/
+	$(NPM_CI) --prefix $(KUSTO_DIR)
 	touch $@
 
 run: $(STAMP)
