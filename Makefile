@@ -38,8 +38,17 @@ KUSTO_VERSION := $(shell sed -n 's/^ *"@kusto\/language-service-next": "\(.*\)".
 KUSTO_DIR := $(VENV)/tools/kusto
 KUSTO_STAMP := $(KUSTO_DIR)/.installed-$(KUSTO_VERSION)
 NPM_CI := npm ci --no-audit --no-fund --silent
+# The suite on 2 pytest-xdist workers (this machine's 2 cores), each with its own session stand-ins on
+# port 0; --dist loadfile keeps a module's tests (and its module-scoped fixtures, such as the workbook's
+# recorded night) on one worker. The timing gates (marked serial) run afterwards, alone.
+XDIST := -n 2 --dist loadfile
+DURATIONS := --durations=15
+# The calendar guard: the clock a year ahead for the whole process and its children (Debian's faketime,
+# libfaketime). Only the wall clock moves; the monotonic clocks stay real, so timeouts are untouched
+# (tests/tools/faketime/sitecustomize.py says why time.sleep needs a stand-in there).
+FAKETIME := PYTHONPATH=tests/tools/faketime FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f +365d
 
-.PHONY: run test lint typecheck unit infra-check bench clean
+.PHONY: run test check fast check-future faketime lint typecheck unit infra-check bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: CPython $(PYTHON_VERSION) is needed (what Azure runs) and was not found: install it (pyenv install $(PYTHON_VERSION); Debian/Ubuntu: apt-get install python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv; or python.org), or name it: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
@@ -70,7 +79,15 @@ $(KUSTO_STAMP): $(KUSTO_LOCK)/package.json $(KUSTO_LOCK)/package-lock.json
 run: $(STAMP)
 	@$(PY) -m broker.standin.demo --port $(PORT)
 
-test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit
+# The whole truth (CI's .ci/run): lint, types, the infra checks, every test, and the calendar guard.
+test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit check-future
+
+# The fast tier: lint, types and every test not marked slow (no subprocess, no npm tool, no
+# multi-second gate; tests/conftest.py says how a test is marked), with a tenth of hypothesis's examples.
+check: lint typecheck fast
+
+fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check broker tests bench function_app.py infra/hooks docs/examples
@@ -80,7 +97,26 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 unit: $(STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
-	$(PY) -m pytest
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest $(XDIST) -m "not serial" $(DURATIONS)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -m serial $(DURATIONS)
+
+# The fast tier and the workbook's recorded night with the clock a year ahead: no test may lean on a date.
+check-future: $(STAMP) $(AZURITE_STAMP) faketime
+	@now=$$(date +%s); then=$$($(FAKETIME) $(PY) -c 'import time; print(int(time.time()))'); \
+	test "$$then" -gt "$$((now + 364 * 86400))" || { echo "make: faketime did not move Python's clock a year ahead ($$now -> $$then)" >&2; exit 1; }
+	$(FAKETIME) $(PY) -m pytest $(XDIST) -m "not slow"
+	$(FAKETIME) $(PY) -m pytest tests/test_bench_workbook.py
+
+# Debian's faketime, installed when missing (as root, with apt-get); otherwise says how.
+faketime:
+	@command -v faketime >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing Debian's faketime (libfaketime) for check-future"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null; }; \
+	  else \
+	    echo "make: check-future needs faketime (libfaketime), which moves the clock for a whole process: sudo apt-get install faketime (macOS: brew install libfaketime)" >&2; exit 1; \
+	  fi; }
 
 infra-check: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) tests/infra/run_checkov.py $(CHECKOV)
