@@ -42,6 +42,7 @@ def default_mode() -> dict[str, Any]:
     return run_child("default")
 
 
+@pytest.mark.slow
 def test_the_worker_configures_azure_monitor_and_the_app_does_not_configure_it_again(
     opentelemetry_mode: dict[str, Any],
 ) -> None:
@@ -51,6 +52,7 @@ def test_the_worker_configures_azure_monitor_and_the_app_does_not_configure_it_a
     assert "LoggingHandler" not in opentelemetry_mode["root_handlers"]
 
 
+@pytest.mark.slow
 def test_every_broker_log_record_is_exported_exactly_once_per_request(opentelemetry_mode: dict[str, Any]) -> None:
     """A cold token request logs 2 records and a warm one 1; exactly those reach ingestion, each once."""
     cold, warm = opentelemetry_mode["requests"]
@@ -61,6 +63,7 @@ def test_every_broker_log_record_is_exported_exactly_once_per_request(openteleme
     assert sum(text.startswith("request id=") for text in warm["exported_message_texts"]) == 1
 
 
+@pytest.mark.slow
 def test_the_broker_spans_and_records_share_the_hosts_operation_id(opentelemetry_mode: dict[str, Any]) -> None:
     """Every record and span of a request carries the trace id the host passed in its traceparent."""
     cold, warm = opentelemetry_mode["requests"]
@@ -71,6 +74,7 @@ def test_the_broker_spans_and_records_share_the_hosts_operation_id(opentelemetry
     assert names.count("broker.secret.read") == 2 and names.count("broker.upstream.fetch") == 1
 
 
+@pytest.mark.slow
 def test_the_broker_metrics_are_exported(opentelemetry_mode: dict[str, Any]) -> None:
     """The instruments the alerts and the workbook read reach customMetrics."""
     cold, _ = opentelemetry_mode["requests"]
@@ -79,6 +83,7 @@ def test_the_broker_metrics_are_exported(opentelemetry_mode: dict[str, Any]) -> 
     )
 
 
+@pytest.mark.slow
 def test_nothing_exported_carries_a_secret_or_a_token(
     opentelemetry_mode: dict[str, Any], default_mode: dict[str, Any]
 ) -> None:
@@ -86,6 +91,7 @@ def test_nothing_exported_carries_a_secret_or_a_token(
     assert opentelemetry_mode["leaks"] == [] and default_mode["leaks"] == []
 
 
+@pytest.mark.slow
 def test_a_worker_that_leaves_the_distro_to_the_app_still_gets_one_correlated_copy() -> None:
     """If the worker only attaches the trace context, the app configures the distro once: each record
     exported once, under the host's operation id."""
@@ -97,6 +103,7 @@ def test_a_worker_that_leaves_the_distro_to_the_app_still_gets_one_correlated_co
         assert request["message_operation_ids"] == [request["trace_id"]]
 
 
+@pytest.mark.slow
 def test_without_opentelemetry_mode_the_app_exports_uncorrelated(default_mode: dict[str, Any]) -> None:
     """The former set-up: the app exports each record once itself, but not under the host's operation id
     (and the host, not in OpenTelemetry mode, forwards the same records again)."""
