@@ -45,9 +45,10 @@ class RunningServer:
         """Stop at once and wait for the thread.
 
         Forced, not graceful: open connections are aborted. An idle TLS keep-alive connection would
-        otherwise hold shutdown until the peer answers close_notify, which a pooled client never does
-        (``asyncio.Server.wait_closed`` waits for every connection since Python 3.12.1), and each
-        stop would cost the whole join timeout.
+        otherwise hold shutdown until the peer answers close_notify, which a pooled client never does:
+        ``asyncio.Server.wait_closed``, which uvicorn awaits, waits for every connection since Python
+        3.12 (the asyncio docs' note, python/cpython#120866, read 2026-12-06), so each stop cost the
+        whole join timeout.
         """
         self._server.force_exit = True
         self._server.should_exit = True
@@ -90,11 +91,9 @@ class _ThreadedServer(uvicorn.Server):
         await super().serve(sockets)
 
     def abort_connections(self) -> None:
-        """Drop every open connection (on the server's loop)."""
-        for connection in list(self.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
+        """Drop every open connection (on the server's loop): ``asyncio.Server.abort_clients``, new in 3.13."""
+        for server in self.servers:
+            server.abort_clients()
 
     def install_signal_handlers(self) -> None:
         # Signal handlers can only be installed from the main thread.
