@@ -108,11 +108,15 @@ def _fast_unless_slow(item: pytest.Item) -> Iterator[None]:
         _running_fast.clear()
 
 
+# The audit events (docs.python.org/3/library/audit_events.html) that start another program.
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn", "os.exec", "os.fork"})
+
+
 def _fast_tests_start_no_process(event: str, args: tuple[Any, ...]) -> None:
-    if event == "subprocess.Popen" and _running_fast:
+    if event in _PROCESS_EVENTS and _running_fast:
         raise RuntimeError(
-            f"{_running_fast[0]} starts a subprocess ({args[0]!r}) but is not marked slow: mark it "
-            "@pytest.mark.slow (make check, the fast tier, starts no process)"
+            f"{_running_fast[0]} starts a process ({event} {args[0] if args else ''!r}) but is not marked slow: "
+            "mark it @pytest.mark.slow (make check, the fast tier, starts no process)"
         )
 
 
