@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import secrets
 import sys
 import uuid
@@ -73,6 +74,9 @@ SLOW_FIXTURES = frozenset({"azurite", "restartable_azurite", "fleet_stack"})
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "serial: a timing gate: make test runs it alone, after the xdist run")
+    # azure-core's User-Agent reads platform.platform(), whose first call runs `uname -p` (then cached):
+    # a library's one-off, not a test starting a process, so it runs here, before the guard.
+    platform.platform()
     sys.addaudithook(_fast_tests_start_no_process)
 
 

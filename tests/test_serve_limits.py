@@ -103,6 +103,7 @@ async def test_a_header_stream_is_cut_off_before_it_costs_memory(stack: Stack) -
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.serial
 async def test_requests_beyond_the_concurrency_limit_get_503_at_once(stack: Stack) -> None:
     """With every slot held by slow connections, a new request is answered 503 quickly, not queued forever."""
     async with serve_host(stack.broker(), limits=SHORT) as client:
