@@ -48,7 +48,7 @@ DURATIONS := --durations=15
 # (tests/tools/faketime/sitecustomize.py says why time.sleep needs a stand-in there).
 FAKETIME := PYTHONPATH=tests/tools/faketime FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f +365d
 
-.PHONY: run test check fast check-future faketime lint typecheck unit infra-check bench clean
+.PHONY: run test check fast check-future gates faketime lint typecheck unit infra-check bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: CPython $(PYTHON_VERSION) is needed (what Azure runs) and was not found: install it (pyenv install $(PYTHON_VERSION); Debian/Ubuntu: apt-get install python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv; or python.org), or name it: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
@@ -79,8 +79,10 @@ $(KUSTO_STAMP): $(KUSTO_LOCK)/package.json $(KUSTO_LOCK)/package-lock.json
 run: $(STAMP)
 	@$(PY) -m broker.standin.demo --port $(PORT)
 
-# The whole truth (CI's .ci/run): lint, types, the infra checks, every test, and the calendar guard.
-test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check unit check-future
+# The whole truth (CI's .ci/run): lint, types, the infra checks and every test, each test once: the
+# fast tier (and the workbook's recorded night) with the clock a year ahead (check-future), then the
+# slow tests on today's clock (gates). `make unit` runs every test on today's clock instead.
+test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check check-future gates
 
 # The fast tier: lint, types and every test not marked slow (no subprocess, no npm tool, no
 # multi-second gate; tests/conftest.py says how a test is marked), with a tenth of hypothesis's examples.
@@ -96,15 +98,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# Every test on today's clock: all but the timing gates on the xdist workers, then the gates alone.
 unit: $(STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest $(XDIST) -m "not serial" $(DURATIONS)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -m serial $(DURATIONS) || [ $$? = 5 ]  # 5: no test is marked serial
 
-# The fast tier and the workbook's recorded night with the clock a year ahead: no test may lean on a date.
+# The slow tests on today's clock, the same way (make test runs the fast tier in check-future).
+gates: $(STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest $(XDIST) -m "slow and not serial" $(DURATIONS)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -m serial $(DURATIONS) || [ $$? = 5 ]  # 5: no test is marked serial
+
+# The fast tier (hypothesis's full examples) and the workbook's recorded night with the clock a year
+# ahead: no test may lean on a date.
 check-future: $(STAMP) $(AZURITE_STAMP) faketime
 	@now=$$(date +%s); ahead=$$($(FAKETIME) $(PY) -c 'import time; print(int(time.time()))'); \
 	test "$$ahead" -gt "$$((now + 364 * 86400))" || { echo "make: faketime did not move Python's clock a year ahead ($$now -> $$ahead)" >&2; exit 1; }
-	$(FAKETIME) $(PY) -m pytest $(XDIST) -m "not slow"
+	HYPOTHESIS_PROFILE=ci $(FAKETIME) $(PY) -m pytest $(XDIST) -m "not slow" $(DURATIONS)
 	$(FAKETIME) $(PY) -m pytest tests/test_bench_workbook.py
 
 # Debian's faketime, installed when missing (as root, with apt-get); otherwise says how.
