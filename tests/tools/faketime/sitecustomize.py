@@ -1,7 +1,7 @@
 """Loaded (through PYTHONPATH) only by ``make check-future``, which runs Python under Debian's faketime.
 
-The guard moves the wall clock a year ahead and leaves the monotonic clocks real
-(``--exclude-monotonic``, which sets ``FAKETIME_DONT_FAKE_MONOTONIC=1``): with a faked monotonic clock, Python's timed lock waits
+The guard moves the wall clock a year ahead and leaves the monotonic clocks real (``--exclude-monotonic``,
+which sets ``FAKETIME_DONT_FAKE_MONOTONIC=1``): with a faked monotonic clock, Python's timed lock waits
 (``sem_clockwait``, which libfaketime does not intercept) sleep for the year. But libfaketime 0.9.10,
 Debian 12's, mistranslates ``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` when the monotonic
 clock is not faked, and Python >= 3.11's ``time.sleep`` fails with EINVAL (wolfcw/libfaketime#426 and
