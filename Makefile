@@ -49,7 +49,7 @@ DURATIONS := --durations=15
 # (tests/tools/faketime/sitecustomize.py says why time.sleep needs a stand-in there).
 FAKETIME := PYTHONPATH=tests/tools/faketime faketime -m --exclude-monotonic -f +365d
 
-.PHONY: run test check fast check-future gates faketime lint typecheck unit infra-check bench clean
+.PHONY: run test tools check fast check-future gates faketime lint typecheck unit infra-check bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -n "$(PYTHON)" || { echo "make: CPython $(PYTHON_VERSION) is needed (what Azure runs) and was not found: install it (pyenv install $(PYTHON_VERSION); Debian/Ubuntu: apt-get install python$(PYTHON_VERSION) python$(PYTHON_VERSION)-venv; or python.org), or name it: make PYTHON=/path/to/python$(PYTHON_VERSION)" >&2; exit 1; }
@@ -83,7 +83,11 @@ run: $(STAMP)
 # The whole truth (CI's .ci/run): lint, types, the infra checks and every test, each test once: the
 # fast tier (and the workbook's recorded night) with the clock a year ahead (check-future), then the
 # slow tests on today's clock (gates). `make unit` runs every test on today's clock instead.
-test: $(STAMP) $(CHECKOV_STAMP) $(AZURITE_STAMP) lint typecheck infra-check check-future gates
+test: $(STAMP) tools lint typecheck infra-check check-future gates
+
+# The test tools (checkov's venv, the two npm trees) install independently of each other: in parallel.
+tools: $(STAMP)
+	@$(MAKE) --no-print-directory -j3 $(CHECKOV_STAMP) $(AZURITE_STAMP) $(KUSTO_STAMP)
 
 # The fast tier: lint, types and every test not marked slow (no subprocess, no npm tool, no
 # multi-second gate; tests/conftest.py says how a test is marked), with a tenth of hypothesis's examples.
