@@ -4,11 +4,22 @@ wired to them. Servers live for the session; every test gets them reset and a fr
 
 Every generated secret and token is registered in ``SENSITIVE``; after each test the
 captured log records are searched for all of them (the suite-wide leak check).
+
+Tiers: a test is fast unless marked ``slow`` (or it uses a fixture in ``SLOW_FIXTURES``, which marks it);
+``make check`` runs the fast ones (``-m "not slow"``), ``make test`` all. A test not marked slow that
+starts a subprocess fails with a message saying to mark it. ``serial`` marks the timing gates that
+``make test`` runs after the rest, alone, not beside another xdist worker.
+
+Hypothesis: the ``ci`` profile (``make test``, or ``CI=true``) runs every example; the default ``dev``
+profile a tenth of them. A test that sets its own count passes it through :func:`examples`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import platform
 import secrets
 import sys
 import uuid
@@ -18,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from broker.config import Settings, load_settings
 from broker.endpoint import RetryPolicy
@@ -41,6 +53,75 @@ SENSITIVE: set[str] = set()
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, connect_timeout_s=0.5, read_timeout_s=1.0)
 AUDIENCE = "api://ilevel-token-broker"
 ROLE = "Token.Read.ilevel"
+
+
+# Hypothesis's own default (100) in CI; a tenth for a developer's run. HYPOTHESIS_PROFILE names one outright.
+hypothesis_settings.register_profile("ci", max_examples=100)
+hypothesis_settings.register_profile("dev", max_examples=10)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+)
+
+
+def examples(full: int) -> int:
+    """A test's own example count under the loaded profile: ``full`` in CI, a tenth of it by default."""
+    return max(1, full * hypothesis_settings.default.max_examples // 100)
+
+
+# Fixtures that start a process (Azurite, node) or take seconds: a test using one is slow, marked or not.
+SLOW_FIXTURES = frozenset({"azurite", "restartable_azurite", "fleet_stack"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "serial: a timing gate: make test runs it alone, after the xdist run")
+    # azure-core's User-Agent reads platform.platform(), whose first call runs `uname -p` (then cached):
+    # a library's one-off, not a test starting a process, so it runs here, before the guard.
+    platform.platform()
+    sys.addaudithook(_fast_tests_start_no_process)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.slow)
+
+
+_running_fast: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """While a test not marked slow sets up and runs, starting a subprocess fails."""
+    with _fast_unless_slow(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _fast_unless_slow(item):
+        return (yield)
+
+
+@contextlib.contextmanager
+def _fast_unless_slow(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("slow") is None:
+        _running_fast.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _running_fast.clear()
+
+
+# The audit events (docs.python.org/3/library/audit_events.html) that start another program.
+_PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn", "os.exec", "os.fork"})
+
+
+def _fast_tests_start_no_process(event: str, args: tuple[Any, ...]) -> None:
+    if event in _PROCESS_EVENTS and _running_fast:
+        raise RuntimeError(
+            f"{_running_fast[0]} starts a process ({event} {args[0] if args else ''!r}) but is not marked slow: "
+            "mark it @pytest.mark.slow (make check, the fast tier, starts no process)"
+        )
 
 
 def sensitive(value: str) -> str:

@@ -36,6 +36,7 @@ def figures(record: dict[str, Any]) -> dict[str, Figure]:
     return {f.name: f for f in found}
 
 
+@pytest.mark.slow
 def test_throughput_bench_measures_the_token_route_beside_health(bench_servers: StandIns) -> None:
     """Both routes answer only 200s under load, and the ratio is token RPS over health RPS."""
     record = throughput.run(bench_servers, rounds=1, duration_s=0.3, connections=2, warmup_s=0.05)
@@ -67,6 +68,7 @@ def test_inprocess_bench_reports_microseconds_beside_an_empty_handler(bench_serv
     assert record["details"]["upstream_token_requests"] == 1
 
 
+@pytest.mark.slow
 def test_cold_burst_makes_exactly_one_token_request_and_one_read_per_secret(bench_servers: StandIns) -> None:
     """Concurrent requests on an empty cache share one fetch: one token request, one read of each secret."""
     record = burst.run(bench_servers, rounds=1, size=30)
@@ -90,6 +92,7 @@ def test_simulated_hours_refresh_ahead_so_no_request_waits_after_the_first(bench
     assert details["outcomes"].get("fetched") == 1 and details["slow_after_first"] == 0
 
 
+@pytest.mark.slow
 def test_cold_start_bench_serves_concurrent_first_tokens_in_a_fresh_interpreter(bench_servers: StandIns) -> None:
     """function_app answers 5 concurrent first token requests with 200 and one upstream fetch, beside a bare app."""
     record = coldstart.run(bench_servers, runs=1, calls=5, importtime=False, trip_runs=1, trip_s=0.05)
@@ -123,6 +126,7 @@ def test_heaviest_imports_are_read_from_an_importtime_report() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_python_m_bench_prints_one_table_and_writes_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

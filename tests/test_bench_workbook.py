@@ -47,6 +47,7 @@ def test_each_panel_reads_the_fields_and_metrics_its_query_reads(name: str, quer
         assert f'"{text}"' in source, f"{name}: the drawing does not filter on {text!r}"
 
 
+@pytest.mark.slow
 def test_the_recorded_log_has_rows_for_the_panels(recorded: Path) -> None:
     """The night's rows give the token, latency, proxy, rejection, caller and fetch panels something to show."""
     rows = panels.load(recorded)
@@ -62,6 +63,7 @@ def test_the_recorded_log_has_rows_for_the_panels(recorded: Path) -> None:
     assert {"broker.upstream.fetches", "broker.keyvault.reads", "rotation verified"} <= set(fetches)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AZURITE_BIN.exists(), reason="Azurite not installed: the night runs without the fleet cache")
 def test_with_azurite_the_night_runs_on_a_fleet_whose_panel_has_hits_and_misses(recorded: Path) -> None:
     """Two instances share the fleet cache: one misses and leads the fetch, the other hits its token."""
@@ -71,6 +73,7 @@ def test_with_azurite_the_night_runs_on_a_fleet_whose_panel_has_hits_and_misses(
     assert leases
 
 
+@pytest.mark.slow
 def test_hits_are_drawn_from_the_metrics_and_no_hit_writes_a_line(recorded: Path) -> None:
     """A cached token writes no access line: the panels count and time hits from broker.token.requests and
     broker.token.duration, with the caller's ids, so hits still lead the outcomes and the top callers."""
@@ -82,6 +85,7 @@ def test_hits_are_drawn_from_the_metrics_and_no_hit_writes_a_line(recorded: Path
     assert sum(requests for _, _, requests, _ in panels.top_callers(rows)) >= counted
 
 
+@pytest.mark.slow
 def test_the_recorded_rows_look_like_application_insights_rows(recorded: Path) -> None:
     """traces rows carry the broker's logger names; customMetrics rows are per-interval aggregates."""
     rows = panels.load(recorded)
@@ -92,6 +96,7 @@ def test_the_recorded_rows_look_like_application_insights_rows(recorded: Path) -
     assert not any(re.search(r"Bearer |eyJ[A-Za-z0-9_-]{10,}\.", json.dumps(r)) for r in rows), "no token in the log"
 
 
+@pytest.mark.slow
 def test_the_panels_render_to_a_png(recorded: Path, tmp_path: Path) -> None:
     """The drawing writes a PNG with every panel, titled as in the workbook."""
     png = tmp_path / "workbook.png"

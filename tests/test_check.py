@@ -231,6 +231,7 @@ def write_az(bin_dir: Path, *, token: str | None) -> None:
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installed", [False, True])
 def test_no_az_login_says_which_credential_was_tried_and_to_run_az_login(
     fake_az: Path, capsys: pytest.CaptureFixture[str], installed: bool
@@ -310,6 +311,7 @@ def test_placeholders_from_the_example_settings_are_refused_with_what_to_fill_in
     assert "azd env get-value KEY_VAULT_URL" in err[-1]
 
 
+@pytest.mark.slow
 def test_network_failures_name_the_host(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     """DNS, connection refused and connect timeout on the token URL: fix the URL or the network, naming the host."""
     cases = {
@@ -356,6 +358,7 @@ def test_an_unknown_provider_is_reported(env: Stack, capsys: pytest.CaptureFixtu
     assert result.verdict.startswith("add provider 'nope' to BROKER_PROVIDERS")
 
 
+@pytest.mark.slow
 def test_after_azd_up_check_runs_against_the_deployed_vault_with_az_login(
     fake_az: Path, tmp_path: Path, env: Stack
 ) -> None:
@@ -388,6 +391,7 @@ def test_after_azd_up_check_runs_against_the_deployed_vault_with_az_login(
     assert env.kv.unauthenticated_requests >= 1, "the real SecretClient went through the vault's challenge"
 
 
+@pytest.mark.slow
 def test_fingerprint_reads_the_value_from_a_prompt_and_prints_what_check_prints() -> None:
     """`python -m broker fingerprint` takes the value on stdin/a prompt, never argv, and prints check's fingerprint."""
     value = sensitive(secrets.token_urlsafe(24))
@@ -404,6 +408,7 @@ def test_fingerprint_reads_the_value_from_a_prompt_and_prints_what_check_prints(
     assert value not in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("denial", "inside_app", "verdict"),
     [

@@ -338,6 +338,7 @@ async def remote_check(client: httpx.AsyncClient, *args: str) -> tuple[int, str]
     return code, ""
 
 
+@pytest.mark.slow
 async def test_check_remote_prints_the_apps_report_and_verdict_with_az_logins_token(
     stack: Stack, az: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,6 +364,7 @@ async def test_check_remote_prints_the_apps_report_and_verdict_with_az_logins_to
     assert not leaks(out) and token not in out
 
 
+@pytest.mark.slow
 async def test_check_remote_without_the_role_says_to_get_it(
     stack: Stack, az: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -103,6 +103,7 @@ def unmatched(expected: list[str], output: str, address: str) -> list[str]:
     return missing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.name for block in BLOCKS])
 def test_a_runnable_doc_block_runs_and_prints_what_the_doc_shows(block: Block, local_run: LocalRun) -> None:
     """Exit 0, and each `#>` line of the block found in its output, in order."""
@@ -114,6 +115,7 @@ def test_a_runnable_doc_block_runs_and_prints_what_the_doc_shows(block: Block, l
     assert not missing, f"{block.name}: not in the output, in order: {missing}"
 
 
+@pytest.mark.slow
 def test_a_block_whose_output_differs_fails() -> None:
     """The check can fail: output that lacks a `#>` line, or has them out of order, is caught."""
     block = Block(ROOT / "README.md", 0, "echo hello; echo world\n#> world\n#> hello\n#> goodbye\n")

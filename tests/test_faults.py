@@ -396,6 +396,7 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", FAULTS, ids=[row.id for row in FAULTS])
 async def test_each_fault_without_a_cached_token_gets_its_documented_answer(
     context: Context, row: Fault, caplog: pytest.LogCaptureFixture
@@ -429,6 +430,7 @@ async def test_each_fault_without_a_cached_token_gets_its_documented_answer(
 WARM = [row for row in FAULTS if row.warm is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", WARM, ids=[row.id for row in WARM])
 async def test_each_fault_with_a_valid_token_cached_still_answers_200(
     context: Context, row: Fault, caplog: pytest.LogCaptureFixture

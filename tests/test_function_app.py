@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -55,13 +56,18 @@ def key_vault_data(name: str, version: str) -> dict[str, Any]:
     }
 
 
+def event_time() -> str:
+    """Now, in the 7-digit fraction Event Grid writes (no calendar date in a test)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+
+
 def event_grid_schema(name: str, version: str) -> dict[str, Any]:
     return {
         "id": "1",
         "topic": VAULT_TOPIC,
         "subject": name,
         "eventType": NEW_VERSION,
-        "eventTime": "2026-11-29T10:00:00.0000000Z",
+        "eventTime": event_time(),
         "data": key_vault_data(name, version),
         "dataVersion": "1",
         "metadataVersion": "1",
@@ -75,7 +81,7 @@ def cloud_event_schema(name: str, version: str) -> dict[str, Any]:
         "source": VAULT_TOPIC,
         "subject": name,
         "type": NEW_VERSION,
-        "time": "2026-11-29T10:00:00.0000000Z",
+        "time": event_time(),
         "datacontenttype": "application/json",
         "data": key_vault_data(name, version),
     }

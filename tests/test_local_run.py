@@ -78,6 +78,7 @@ def make_run() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
             stop_group(process, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_make_run_prints_the_banner_only_once_the_broker_answers(make_run: tuple[subprocess.Popen[str], Lines]) -> None:
     """`make run PORT=0`: the banner names the bound port, its curl lines work at once, it says how to stop."""
     process, lines = make_run
@@ -99,6 +100,7 @@ def test_make_run_prints_the_banner_only_once_the_broker_answers(make_run: tuple
     assert stop_group(process) in (0, 2, -signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
     """`make run` on a port in use: one line naming the port and what to do, make's own line, no banner, no curl;
     exactly the two lines the README shows."""
@@ -128,6 +130,7 @@ def test_a_busy_port_is_one_clear_line_and_nothing_else() -> None:
         assert documented in readme, f"the README does not show {documented!r}"
 
 
+@pytest.mark.slow
 def test_the_token_server_stand_in_prints_settings_that_check_accepts() -> None:
     """`python -m broker.standin token-server` prints exports; `python -m broker check` with them is OK."""
     server = spawn(sys.executable, "-m", "broker.standin", "token-server")

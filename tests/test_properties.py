@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
-from tests.conftest import AUDIENCE, ROLE, SENSITIVE, Stack, sensitive
+from tests.conftest import AUDIENCE, ROLE, SENSITIVE, Stack, examples, sensitive
 from tests.faults_support import Rig
 
 PATHS = ["/api/token/ilevel", "/api/token/ilevel/", "/api/token/", "/api/token/other", "/api/health", "/", "/api"]
@@ -105,7 +105,7 @@ def caller_tokens(draw: st.DrawFn, stack: Stack) -> tuple[str | None, bool]:
 
 @given(data=st.data())
 @settings(
-    max_examples=200,
+    max_examples=examples(200),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -99,6 +99,7 @@ def rotation_summary(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         report(request.config, tmp_path_factory.getbasetemp(), "rotation-under-load", {"summary": RESULTS})
 
 
+@pytest.mark.slow
 async def test_scenario_1_a_new_version_is_used_from_the_next_fetch_with_no_failed_request(
     stack: Stack, host: str
 ) -> None:
@@ -126,6 +127,7 @@ async def test_scenario_1_a_new_version_is_used_from_the_next_fetch_with_no_fail
     assert {request.headers["authorization"] for request in after} == {basic(stack, rotated["secret"])}
 
 
+@pytest.mark.slow
 async def test_scenario_2_revoked_first_fails_at_most_the_requests_in_flight_and_only_with_502(
     stack: Stack,
     host: str,
@@ -162,6 +164,7 @@ async def test_scenario_2_revoked_first_fails_at_most_the_requests_in_flight_and
     assert stack.tokens.requests[-1].headers["authorization"] == basic(stack, new_secret)
 
 
+@pytest.mark.slow
 async def test_scenario_3_a_wrong_new_version_is_reported_and_the_working_one_kept_with_no_failed_request(
     stack: Stack, caplog: pytest.LogCaptureFixture, host: str
 ) -> None:

@@ -32,6 +32,7 @@ print(len(classes), missing)
 """
 
 
+@pytest.mark.slow
 def test_importing_the_secret_store_primes_every_key_vault_model_before_threads_read() -> None:
     """A cold start's parallel reads never race the SDK's lazy model set-up (Azure/azure-sdk-for-python#47426)."""
     result = subprocess.run(

@@ -71,6 +71,7 @@ def served(stack: Stack) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     assert not leaks(output), "the server's log output leaks a secret or token"
 
 
+@pytest.mark.slow
 def test_serve_returns_tokens_to_authenticated_callers_only(
     served: tuple[str, subprocess.Popen[str]], stack: Stack
 ) -> None:
@@ -87,6 +88,7 @@ def test_serve_returns_tokens_to_authenticated_callers_only(
     assert stack.kv.unauthenticated_requests >= 1, "the real SecretClient went through Key Vault's 401 challenge"
 
 
+@pytest.mark.slow
 def test_switching_caller_auth_off_is_refused_on_a_non_loopback_address(stack: Stack) -> None:
     """BROKER_INSECURE_DISABLE_CALLER_AUTH with --host 0.0.0.0 exits with an error naming the setting."""
     env = {**os.environ, **stack.env, "BROKER_INSECURE_DISABLE_CALLER_AUTH": "true"}
@@ -96,6 +98,7 @@ def test_switching_caller_auth_off_is_refused_on_a_non_loopback_address(stack: S
     assert "BROKER_INSECURE_DISABLE_CALLER_AUTH" in output
 
 
+@pytest.mark.slow
 def test_an_invalid_setting_stops_serve_with_its_name(stack: Stack) -> None:
     """A bad setting is reported in one line that names it, with no stack trace."""
     env = {**os.environ, **stack.env, "BROKER_ILEVEL_AUTH_METHOD": "basic"}
@@ -126,6 +129,7 @@ def load_example() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_the_python_caller_snippet_in_the_docs_gets_a_token(
     served: tuple[str, subprocess.Popen[str]], stack: Stack
 ) -> None:
@@ -141,6 +145,7 @@ def test_the_python_caller_snippet_in_the_docs_gets_a_token(
     assert (raised.value.status, raised.value.error) == (403, "insufficient_scope")
 
 
+@pytest.mark.slow
 def test_the_asterisk_request_target_gets_a_json_answer_with_the_usual_headers(
     served: tuple[str, subprocess.Popen[str]],
 ) -> None:

@@ -46,6 +46,7 @@ async def closed_after(reader: asyncio.StreamReader, limit_s: float) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.slow
 async def test_a_connection_that_never_finishes_its_headers_is_closed(stack: Stack) -> None:
     """Slowloris: one header byte every 0.2 s is closed at the header deadline, not kept forever."""
     async with serve_host(stack.broker(), limits=SHORT) as client:
@@ -69,6 +70,7 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(stack: Sta
         assert (await client.get("/api/health")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_an_idle_connection_is_closed(stack: Stack) -> None:
     """A connection that sends nothing at all is closed at the header deadline."""
     async with serve_host(stack.broker(), limits=SHORT) as client:
@@ -101,6 +103,7 @@ async def test_a_header_stream_is_cut_off_before_it_costs_memory(stack: Stack) -
     assert answer == b"" or answer.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.serial
 async def test_requests_beyond_the_concurrency_limit_get_503_at_once(stack: Stack) -> None:
     """With every slot held by slow connections, a new request is answered 503 quickly, not queued forever."""
     async with serve_host(stack.broker(), limits=SHORT) as client:

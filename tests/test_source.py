@@ -19,6 +19,7 @@ def source(broker: Broker, *, budget_s: float, key_vault_budget_s: float) -> Tok
     return TokenSource(config, broker.secrets, endpoint, budget_s=budget_s, key_vault_budget_s=key_vault_budget_s)
 
 
+@pytest.mark.slow
 async def test_a_slow_key_vault_read_is_cut_off_at_its_budget(broker: Broker, stack: Stack) -> None:
     """Key Vault answering slower than its budget is a 503 key_vault_unavailable naming the secrets, on time."""
     stack.kv.latency_s = 2.0
@@ -30,6 +31,7 @@ async def test_a_slow_key_vault_read_is_cut_off_at_its_budget(broker: Broker, st
     assert raised.value.retry_after is not None
 
 
+@pytest.mark.slow
 async def test_the_whole_fetch_is_cut_off_at_the_overall_budget(broker: Broker, stack: Stack) -> None:
     """Key Vault and the token endpoint together never exceed the fetch budget: a 504 upstream_timeout."""
     stack.kv.latency_s = 0.4

@@ -25,6 +25,9 @@ from tests.worker.children import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every test here reads a child process running the worker (tests/telemetry_child.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def deployed() -> dict[str, Any]:

@@ -24,6 +24,10 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 _LISTENING = re.compile(r"listens on http://127\.0\.0\.1:(\d+)")
 
 
+# How long a stop waits for SIGTERM before it kills (see Azurite.stop).
+_TERM_GRACE_S = 0.5
+
+
 class Azurite:
     """One Azurite blob service process on loopback; can be killed and restarted on the same port."""
 
@@ -76,10 +80,12 @@ class Azurite:
             self.process = None
 
     def stop(self) -> None:
+        """Stop at once. Azurite's SIGTERM handler waits for open keep-alive connections (a pooled
+        client's) until they time out, about 10 s; its data is in memory, so nothing is lost by a kill."""
         if self.process is not None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=_TERM_GRACE_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)

@@ -17,6 +17,7 @@ def bench_servers() -> Iterator[StandIns]:
         yield running
 
 
+@pytest.mark.slow
 def test_fleet_bench_measures_a_warm_fleet_beside_a_fresh_fetch(bench_servers: StandIns, azurite: Azurite) -> None:
     """A fresh instance with a warm fleet makes no token request; every figure has a same-run baseline."""
     record = fleet.run(bench_servers, rounds=1, misses=1, token_latency_s=0.0, azurite=azurite)

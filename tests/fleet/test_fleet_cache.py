@@ -173,6 +173,7 @@ async def test_key_rotation_under_load_fails_no_request(fleet_stack: Stack) -> N
     assert (await get(instance(fleet_stack))).token == forced.token
 
 
+@pytest.mark.slow
 async def test_shared_backoff_keeps_other_instances_off_the_token_endpoint(fleet_stack: Stack, host: str) -> None:
     """The leader's 429 Retry-After: 30 is recorded: other instances answer 503 with Retry-After, no request."""
     fleet_stack.tokens.default_reply = Reply(429, json={"error": "slow_down"}, headers={"Retry-After": "30"})
@@ -223,6 +224,7 @@ async def test_renew_after_401_uses_the_newer_fleet_token_without_a_fetch(fleet_
     assert fleet_stack.tokens.request_count == requests
 
 
+@pytest.mark.slow
 async def test_storage_outage_costs_latency_not_answers_and_the_fleet_converges_after(
     stack: Stack, restartable_azurite: Azurite, caplog: pytest.LogCaptureFixture
 ) -> None:

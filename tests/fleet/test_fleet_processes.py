@@ -23,6 +23,7 @@ from tests.fleet.support import Azurite
 pytestmark = pytest.mark.fleet_processes
 
 
+@pytest.mark.slow
 async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stack, tmp_path: Path) -> None:
     """A concurrent cold burst of 240 requests over 8 broker processes: exactly 1 token request and
     1 client-secret read for the whole fleet, every request 200 with the same token. A second provider's
@@ -58,6 +59,7 @@ async def test_eight_processes_share_one_token_and_one_backoff(fleet_stack: Stac
     assert throttling.request_count == 1  # the leader's one 429 for "other"
 
 
+@pytest.mark.slow
 async def test_a_killed_leader_blocks_no_one_past_its_lease(fleet_stack: Stack, tmp_path: Path) -> None:
     """The leader holds the lease while the token endpoint hangs and is SIGKILLed: another instance takes
     over after the lease expires; every request is served (or told 503 with Retry-After), never 500."""

@@ -15,7 +15,9 @@ def vault_identity_requests(stack: Stack) -> int:
     return sum(1 for r in stack.servers.identity.requests if "vault" in r.params.get("resource", ""))
 
 
-@pytest.mark.parametrize("fleet", [False, True], ids=["without_fleet", "with_fleet"])
+@pytest.mark.parametrize(
+    "fleet", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["without_fleet", "with_fleet"]
+)
 async def test_cold_burst_makes_one_identity_token_request(
     stack: Stack, host: str, fleet: bool, request: pytest.FixtureRequest
 ) -> None:

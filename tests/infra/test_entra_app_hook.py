@@ -341,6 +341,7 @@ def standin_az(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
+@pytest.mark.slow
 def test_the_tenant_is_the_azd_subscriptions_not_azs_default(standin_az: Path) -> None:
     """A first run (no AZURE_TENANT_ID yet) takes the tenant of AZURE_SUBSCRIPTION_ID, via --subscription."""
     config = HookConfig.from_env(azd().values)
@@ -351,6 +352,7 @@ def test_the_tenant_is_the_azd_subscriptions_not_azs_default(standin_az: Path) -
     assert all(call[call.index("--subscription") + 1] == SUBSCRIPTION for call in calls)
 
 
+@pytest.mark.slow
 def test_a_subscription_az_cannot_see_names_the_login_to_run(standin_az: Path) -> None:
     """az signed in elsewhere only: the error names AZURE_SUBSCRIPTION_ID and `az login --tenant`."""
     config = HookConfig.from_env(azd(AZURE_SUBSCRIPTION_ID="12345678-0000-4000-8000-000000000000").values)

@@ -79,6 +79,7 @@ def diagnostics() -> dict[str, list[str]]:
     return analyse(all_queries())
 
 
+@pytest.mark.slow
 def test_the_parser_reports_a_made_up_column_and_a_syntax_error() -> None:
     """The check can fail: an unknown column and an unclosed call are both diagnosed."""
     found = analyse({"column": "traces | where colour == 1", "syntax": "customMetrics | summarize sum(valueSum"})
@@ -94,6 +95,7 @@ def test_there_are_alert_workbook_and_documented_queries() -> None:
     assert sum(n.startswith("docs/") or n.startswith("README") for n in names) >= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(all_queries()))
 def test_every_query_parses_and_names_only_real_columns(name: str, diagnostics: dict[str, list[str]]) -> None:
     """No syntax error and no unknown name in Microsoft's KQL parser."""

@@ -135,6 +135,7 @@ def read_state(state: Path) -> dict[str, Any]:
     return loaded
 
 
+@pytest.mark.slow
 def test_the_standin_az_refuses_a_resource_group_call_without_the_azd_subscription(
     standin_az: tuple[dict[str, str], Path],
 ) -> None:
@@ -146,6 +147,7 @@ def test_the_standin_az_refuses_a_resource_group_call_without_the_azd_subscripti
     assert "ResourceGroupNotFound" in done.stderr
 
 
+@pytest.mark.slow
 def test_postdeploy_hook_subscribes_when_azs_default_subscription_is_another(
     standin_az: tuple[dict[str, str], Path],
 ) -> None:

@@ -104,6 +104,7 @@ def test_the_proxy_pipeline_is_one_copy_activity_with_managed_identity_and_no_to
     assert copy_activity()["typeProperties"]["source"]["paginationRules"] == {"AbsoluteUrl": "$.links.next"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["functions"])
 async def test_adf_copies_a_paginated_collection_through_the_functions_entry_point(
     rig: Rig, stack: Stack, data_api: DataApi

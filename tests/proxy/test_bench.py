@@ -16,6 +16,7 @@ def bench_standins() -> Iterator[StandIns]:
         yield running
 
 
+@pytest.mark.slow
 def test_the_proxy_bench_compares_against_direct_and_counts_one_token_request(
     bench_standins: StandIns, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -129,6 +129,7 @@ async def test_the_upstream_is_asked_for_identity_and_a_small_gzip_answer_is_dec
     assert data_api.requests[-1].headers["accept-encoding"] == "identity"
 
 
+@pytest.mark.slow
 async def test_a_gzip_bomb_is_a_502_and_costs_a_few_mib_at_most(rig: Rig, stack: Stack) -> None:
     """64 MiB of zeros in ~64 KB of gzip against a 1 MiB cap: 502 invalid_response, < 8 MiB allocated."""
     async with rig.open(BROKER_PROXY_MAX_RESPONSE_MB="1") as api:
@@ -185,6 +186,7 @@ async def test_code_is_dropped_in_any_case_and_the_token_route_accepts_it(
 # --- streaming ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_large_json_page_comes_back_valid_with_every_link_rewritten(proxy: ProxyApi, stack: Stack) -> None:
     """A 3 MiB JSON:API page, streamed in chunks: valid JSON, every absolute link through the broker."""
     response = await proxy.get("/api/proxy/ilevel/bigjson?bytes=3145728", token=stack.caller())
@@ -200,6 +202,7 @@ async def test_a_large_json_page_comes_back_valid_with_every_link_rewritten(prox
 # --- a fair share -----------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 async def test_a_caller_holding_its_share_leaves_the_other_slots_to_others(
     rig: Rig, stack: Stack, data_api: DataApi
 ) -> None:
@@ -222,6 +225,7 @@ async def test_a_caller_holding_its_share_leaves_the_other_slots_to_others(
     assert data_api.max_in_flight(f"a-{rig.host}") == 2
 
 
+@pytest.mark.slow
 async def test_past_the_slot_wait_the_answer_is_503_proxy_busy_and_counted(
     rig: Rig, stack: Stack, data_api: DataApi
 ) -> None:

@@ -300,6 +300,7 @@ async def test_an_undeclared_body_past_the_cap_aborts_the_answer_and_says_trunca
     assert re.search(r"bytes=(\d+)", lines[-1]) and int(re.search(r"bytes=(\d+)", lines[-1])[1]) <= 1024 * 1024
 
 
+@pytest.mark.slow
 async def test_an_api_slower_than_the_proxy_timeout_is_a_504(rig: Rig) -> None:
     """BROKER_PROXY_TIMEOUT_SECONDS=1 and an answer after 3 s: 504 upstream_timeout naming the setting."""
     async with rig.open(BROKER_PROXY_TIMEOUT_SECONDS="1") as api:
@@ -308,6 +309,7 @@ async def test_an_api_slower_than_the_proxy_timeout_is_a_504(rig: Rig) -> None:
         assert "BROKER_PROXY_TIMEOUT_SECONDS" in response.json()["error_description"]
 
 
+@pytest.mark.slow
 async def test_requests_beyond_the_concurrency_limit_wait_their_turn(rig: Rig, data_api: DataApi) -> None:
     """BROKER_ILEVEL_PROXY_CONCURRENCY=2: 6 slow requests at once, never more than 2 at the API, all answered."""
     async with rig.open(BROKER_ILEVEL_PROXY_CONCURRENCY="2") as api:

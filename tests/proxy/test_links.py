@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from broker.proxy.links import Rewriter, canonical_path, is_json, public_root, remove_dot_segments
 from broker.proxy.stream import REDACTED, JsonLinks, Redactor, token_forms
+from tests.conftest import examples
 
 BASE = "https://api.ilevelsolutions.com/v1/"
 ROOT = "https://func-broker.azurewebsites.net/api/proxy/ilevel/"
@@ -190,7 +191,7 @@ DOCUMENTS = st.recursive(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(DOCUMENTS, st.sampled_from([None, 0, 2]), st.booleans(), st.booleans())
 def test_rewriting_the_text_equals_rewriting_the_parsed_document(
     document: Any, indent: int | None, ascii_only: bool, escape_slashes: bool
@@ -217,7 +218,7 @@ def test_the_host_is_the_host_header_else_the_request_urls() -> None:
     assert _caller_host({"headers": [], "server": None}) == ""
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=examples(800), deadline=None)
 @given(DOCUMENTS, st.sampled_from([None, 2]), st.booleans(), st.lists(st.integers(1, 40), min_size=1, max_size=30))
 def test_rewriting_in_chunks_equals_rewriting_the_whole_text(
     document: Any, indent: int | None, escape_slashes: bool, sizes: list[int]
@@ -247,7 +248,7 @@ def test_a_long_string_is_passed_on_without_holding_it_whole() -> None:
     assert json.loads(b"".join(out))["next"] == ROOT + "a"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.sampled_from(["tok", "enc", "x", "%", "/", "a.b-c_d"]), max_size=20), st.integers(1, 9))
 def test_the_token_is_redacted_wherever_the_chunks_split_it(parts: list[str], size: int) -> None:
     """Raw and percent-encoded forms become the marker, split across chunks or not, as in the whole text."""

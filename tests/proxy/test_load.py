@@ -36,7 +36,7 @@ print(size)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.serial
 async def test_health_and_cached_tokens_stay_under_50_ms_p99_while_four_50_mib_pages_are_proxied(
     rig: Rig, stack: Stack, data_api: DataApi
 ) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from broker.errors import InvalidRequest
 from broker.proxy.paths import forwarded_query, safe_path
+from tests.conftest import examples
 
 BASE = "https://api.ilevelsolutions.com/v1/"
 
@@ -90,7 +91,7 @@ PIECES = [*"abc.%/\\@:;?#2eEfF5cC0Dd~-_ ", "%2e", "%2f", "%5c", "%25", "\x00", "
 SEGMENT_TEXT = st.lists(st.sampled_from(PIECES), max_size=10).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(st.lists(SEGMENT_TEXT, min_size=1, max_size=5).map("/".join))
 def test_no_accepted_path_leaves_the_base(path: str) -> None:
     """Property: for every accepted path, the target stays on the API host, under the API root, after any decoding."""
@@ -109,7 +110,7 @@ def test_no_accepted_path_leaves_the_base(path: str) -> None:
     assert urlsplit(target).netloc == "api.ilevelsolutions.com"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(
         st.one_of(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import ssl
+import time
 from urllib.parse import quote_plus
 
 import httpx
@@ -18,7 +19,7 @@ from broker.standin.faults import Reply
 from broker.standin.identity import ManagedIdentityServer
 from broker.standin.keyvault import KeyVaultServer
 from broker.standin.oauth import TokenServer, Variant
-from broker.standin.serve import Served, blackhole_listener, closed_port
+from broker.standin.serve import Served, blackhole_listener, closed_port, run_server
 from broker.standin.tls import PKIFiles
 
 GRANT = {"grant_type": "client_credentials"}
@@ -172,3 +173,14 @@ def test_network_failure_helpers_time_out_refuse_and_fail_tls(
         httpx.get(f"http://127.0.0.1:{closed_port()}/", timeout=2)
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{key_vault.url}/secrets/x/", verify=ssl.create_default_context(cafile=untrusted_ca), timeout=2)
+
+
+def test_a_stand_in_with_an_idle_tls_keep_alive_connection_stops_at_once(pki: PKIFiles) -> None:
+    """A pooled client never answers close_notify: stopping aborts its connection instead of waiting it out."""
+    server = run_server(KeyVaultServer(accepted_tokens=set()), certfile=pki.cert, keyfile=pki.key)
+    with httpx.Client(verify=ssl.create_default_context(cafile=pki.ca)) as client:
+        assert client.get(f"{server.url}/secrets/x?api-version=7.5").status_code == 401
+        started = time.monotonic()
+        server.stop()
+        stopped_in = time.monotonic() - started
+    assert stopped_in < 3, f"the stand-in took {stopped_in:.1f} s to stop"
