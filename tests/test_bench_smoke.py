@@ -48,6 +48,7 @@ def test_throughput_bench_measures_the_token_route_beside_health(bench_servers: 
     assert record["details"]["upstream_token_requests"] == 1, "the whole load was served from one cached token"
 
 
+@pytest.mark.slow
 def test_functions_bench_measures_invocations_through_the_entry_point(bench_servers: StandIns) -> None:
     """Through function_app: a cached-token invocation beside a health one, and a cold burst that fetches once."""
     record = functions.run(bench_servers, rounds=1, requests=20, burst=25)
@@ -141,6 +142,7 @@ def test_python_m_bench_prints_one_table_and_writes_json(
     assert {"name", "value", "baseline", "ratio", "target", "met", "unit"} <= set(figure)
 
 
+@pytest.mark.slow
 def test_runtime_bench_measures_inside_microsofts_worker(bench_servers: StandIns) -> None:
     """Inside azure_functions_runtime: token beside health, a large page, a cold start and memory per call,
     each beside its baseline from the same run."""

@@ -177,6 +177,7 @@ def load_notebook_cell() -> Any:
     return namespace
 
 
+@pytest.mark.slow
 def test_the_notebook_cell_gets_a_token_for_a_service_principal(
     served: tuple[str, subprocess.Popen[str]],  # noqa: F811 - the fixture imported above
     stack: Stack,

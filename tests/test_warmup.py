@@ -206,6 +206,7 @@ LAZY_MODULES = (
 )
 
 
+@pytest.mark.slow
 def test_importing_function_app_leaves_the_lazy_modules_unimported(delayed: StandIns) -> None:
     """Import stays lean: the credential, storage, exporter and server modules load on first use."""
     code = f"import json, sys, function_app; print(json.dumps([m for m in {LAZY_MODULES!r} if m in sys.modules]))"

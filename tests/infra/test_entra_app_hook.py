@@ -576,6 +576,7 @@ def signed_in(state: Path, who: dict[str, str] | None) -> None:
     state.write_text(json.dumps(values), encoding="utf-8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("who", "expected"),
     [
@@ -596,6 +597,7 @@ def test_without_azure_principal_id_the_deployer_is_whoever_az_is_signed_in_as(
     assert said == [f"entra-app: the deployer, as az is signed in, is object id {expected}"]
 
 
+@pytest.mark.slow
 def test_without_azure_principal_id_and_no_sign_in_the_hook_says_how_to_set_it(standin_az: Path) -> None:
     """az cannot say who it is: no grant to the deployer, and the command that sets AZURE_PRINCIPAL_ID."""
     signed_in(standin_az, None)
@@ -605,6 +607,7 @@ def test_without_azure_principal_id_and_no_sign_in_the_hook_says_how_to_set_it(s
     assert "azd env set AZURE_PRINCIPAL_ID" in said[0]
 
 
+@pytest.mark.slow
 def test_a_given_azure_principal_id_or_the_opt_out_asks_az_nothing(standin_az: Path) -> None:
     """AZURE_PRINCIPAL_ID set, or BROKER_GRANT_DEPLOYER_OPERATOR=false: az is not asked."""
     signed_in(standin_az, {"type": "user", "name": "someone", "id": OPERATOR})

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from broker.standin.serve import closed_port
@@ -34,6 +35,9 @@ NOT_ASSIGNED = (
     "ERROR: AADSTS501051: Application '04b07795-8ddb-461a-bbee-02f9e1bf7b46'(Microsoft Azure CLI) is not assigned "
     "to a role for the application 'api://ilevel-token-broker'(ilevel-token-broker-dev)."
 )
+
+# Each test runs the hook (and check --remote) in a process, as azd does.
+pytestmark = pytest.mark.slow
 
 
 @dataclass

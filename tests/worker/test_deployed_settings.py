@@ -8,6 +8,7 @@ setting the Bicep deploys must be one that worker knows.
 
 from __future__ import annotations
 
+import pytest
 from azure_functions_runtime.utils import constants
 
 from tests.infra.bicep_settings import app_settings, operator_settings
@@ -23,6 +24,7 @@ def worker_setting_names() -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_the_worker_completes_one_invocation_of_each_function_under_the_exact_deployed_settings() -> None:
     """Worker init, metadata, load, then the HTTP and the Event Grid function, in a process whose environment is
     the Bicep's app settings: the worker refuses nothing and answers 200."""
