@@ -68,12 +68,9 @@ var appSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-  // OpenTelemetry mode (host.json telemetryMode): the worker (azure-functions-runtime, requirements.txt)
-  // configures Azure Monitor for the `broker` logger only, creates the trace-context propagator, sends the
-  // broker's records once and correlates its spans with the host's request (docs/operations.md says who
-  // sends what). Never PYTHON_ENABLE_OPENTELEMETRY alone: Python worker 4.36+ then leaves the propagator
-  // unset and fails every async invocation (azure-functions-python-worker issue 1881).
-  // tests/worker/test_deployed_settings.py runs the worker under exactly this block.
+  // OpenTelemetry mode: the worker (azure-functions-runtime) exports the broker logger once, with the host's
+  // operation id. Never PYTHON_ENABLE_OPENTELEMETRY alone (worker issue 1881: every async invocation fails);
+  // tests/worker/test_deployed_settings.py runs the worker under this block (why: docs/operations.md).
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'broker'
   // The default sampler keeps about 5 spans a second; parent-based keeps the host's sampling decision.
