@@ -12,12 +12,13 @@ module classifies the SDK's exceptions again (``check`` maps the cause to its ve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -261,20 +262,36 @@ class KeyVaultSecretStore:
         self._vault_url = vault_url
         self._identity_client_id = identity_client_id
         self._identity = identity_client_id or "(system-assigned or developer credential)"
-        self._built = client
+        # A client the caller built (tests) serves every read; otherwise each read leases one of its own.
+        self._given = client
         self._options = dict(client_options or {})
         # One credential for every read: concurrent reads share one managed-identity token request.
         self._credential = credential or SingleFlightCredential(identity_client_id)
-        self._build_lock = threading.Lock()
+        # Idle clients. A SecretClient's challenge policy keeps its bearer token in one attribute that
+        # every 401 resets and the challenge answer then reads back (azure-keyvault-secrets 4.12,
+        # _shared/challenge_auth_policy.py, read 2026-12-06): two cold reads on one client in two threads
+        # can read it as None (seen once: AttributeError, a 500). So no client serves two reads at once;
+        # the pool grows to the reads in flight (two at a cold start) and reuses them after.
+        self._idle: list[SecretClientLike] = []
+        self._pool_lock = threading.Lock()
 
-    @property
-    def _client(self) -> SecretClientLike:
-        with self._build_lock:
-            if self._built is None:
-                self._built = secret_client(
-                    self._vault_url, self._identity_client_id, credential=self._credential, **self._options
-                )
-            return self._built
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[SecretClientLike]:
+        """A client no other thread is using, for one read; back to the pool after."""
+        if self._given is not None:
+            yield self._given
+            return
+        with self._pool_lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = secret_client(
+                self._vault_url, self._identity_client_id, credential=self._credential, **self._options
+            )
+        try:
+            yield client
+        finally:
+            with self._pool_lock:
+                self._idle.append(client)
 
     async def read(self, name: str, version: str | None = None) -> SecretValue:
         return await asyncio.to_thread(self._read, name, version)
@@ -291,16 +308,18 @@ class KeyVaultSecretStore:
     def _warm(self) -> None:
         # The identity token first: building the credential imports azure-identity, the slow part.
         self._credential.get_token_info(key_vault_scope(self._vault_url), options={"enable_cae": True})
-        _ = self._client
+        with self._client():
+            pass
 
     def _read(self, name: str, version: str | None) -> SecretValue:
         try:
-            try:
-                secret = self._client.get_secret(name, version)
-            except HttpResponseError as exc:
-                if version is not None or not _is_disabled(exc):
-                    raise
-                secret = self._newest_enabled(name)
+            with self._client() as client:
+                try:
+                    secret = client.get_secret(name, version)
+                except HttpResponseError as exc:
+                    if version is not None or not _is_disabled(exc):
+                        raise
+                    secret = self._newest_enabled(client, name)
         except SecretError:
             raise
         except AzureError as exc:
@@ -326,7 +345,8 @@ class KeyVaultSecretStore:
 
     def _versions(self, name: str) -> list[VersionInfo]:
         try:
-            listed = list(self._client.list_properties_of_secret_versions(name))
+            with self._client() as client:
+                listed = list(client.list_properties_of_secret_versions(name))
         except AzureError as exc:
             raise self._translate(name, exc) from exc
         return [
@@ -338,9 +358,9 @@ class KeyVaultSecretStore:
             for p in listed
         ]
 
-    def _newest_enabled(self, name: str) -> Any:
+    def _newest_enabled(self, client: SecretClientLike, name: str) -> Any:
         """The latest version is disabled: fall back to the newest enabled one, loudly."""
-        enabled = [p for p in self._client.list_properties_of_secret_versions(name) if p.enabled]
+        enabled = [p for p in client.list_properties_of_secret_versions(name) if p.enabled]
         if not enabled:
             raise SecretDisabled(
                 f"Every version of secret {name!r} in {self.location} is disabled; "
@@ -355,7 +375,7 @@ class KeyVaultSecretStore:
             name,
             newest.version,
         )
-        return self._client.get_secret(name, newest.version)
+        return client.get_secret(name, newest.version)
 
     def _translate(self, name: str, exc: AzureError) -> SecretError:
         where = self.location

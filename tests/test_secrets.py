@@ -5,15 +5,17 @@ Vault's challenge will name."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from azure.keyvault.secrets._shared import http_challenge_cache as challenge_cache
 
 from broker.errors import SecretCause, SecretError, SecretStoreUnavailable
-from broker.secrets import EnvironmentSecretStore, read_pair
+from broker.secrets import EnvironmentSecretStore, KeyVaultSecretStore, key_vault_scope, read_pair
 from broker.standin.faults import Reply
 from broker.standin.serve import closed_port
 from tests.conftest import Stack
@@ -137,3 +139,57 @@ def _imports_exceptions(path: Path) -> bool:
         if any(name.startswith("azure.core.exceptions") for name in names):
             return True
     return False
+
+
+@pytest.mark.parametrize(
+    ("vault_url", "scope"),
+    [
+        ("https://kv-broker.vault.azure.net/", "https://vault.azure.net/.default"),
+        ("https://kv-broker.vault.azure.cn", "https://vault.azure.cn/.default"),
+        ("https://kv-broker.vault.usgovcloudapi.net/", "https://vault.usgovcloudapi.net/.default"),
+        ("https://127.0.0.1:8443/", "https://vault.azure.net/.default"),
+    ],
+)
+def test_the_warm_up_asks_for_the_scope_key_vault_s_challenge_will_name(vault_url: str, scope: str) -> None:
+    """The vault's DNS suffix names its cloud's resource; a host without one (a stand-in) gets the public cloud's."""
+    assert key_vault_scope(vault_url) == scope
+
+
+# --- no SDK client serves two reads at once ------------------------------------------------------------
+
+
+async def test_concurrent_reads_each_get_a_client_of_their_own_and_later_reads_reuse_them(stack: Stack) -> None:
+    """The SDK's challenge policy keeps one bearer token per client that a 401 resets mid-flight: reads in
+    flight together never share a client (the pool grows to them), and reads after reuse the pool."""
+    stack.kv.latency_s = 0.2
+    broker = stack.broker()
+    store = broker.secrets
+    assert isinstance(store, KeyVaultSecretStore)
+    try:
+        names = ["ilevel-client-id", "ilevel-client-secret"] * 3
+        values = await asyncio.gather(*(store.read(name) for name in names))
+        assert [v.name for v in values] == names
+        assert len(store._idle) == len(names)
+        stack.kv.latency_s = 0.0
+        for name in names:
+            await store.read(name)
+        assert len(store._idle) == len(names)
+    finally:
+        await broker.aclose()
+
+
+async def test_cold_concurrent_reads_through_the_sdk_never_fail(stack: Stack) -> None:
+    """Cold starts over and over (the SDK's challenge cache emptied each time): 8 reads at once all succeed."""
+    failures: list[str] = []
+    for _ in range(10):
+        challenge_cache.clear()
+        broker = stack.broker()
+        try:
+            results = await asyncio.gather(
+                *(broker.secrets.read(n) for n in ["ilevel-client-id", "ilevel-client-secret"] * 4),
+                return_exceptions=True,
+            )
+        finally:
+            await broker.aclose()
+        failures += [type(r).__name__ for r in results if isinstance(r, BaseException)]
+    assert failures == []
