@@ -160,8 +160,8 @@ async def read_pair(
     """A provider's client id and secret, read now and side by side, within ``budget_s`` (else 503)."""
     try:
         async with asyncio.timeout(budget_s):
-            client_id, client_secret = await asyncio.gather(
-                store.read(provider.client_id_secret), store.read(provider.client_secret_secret)
+            pair = await asyncio.gather(
+                store.read(provider.client_id_secret), store.read(provider.client_secret_secret), return_exceptions=True
             )
     except TimeoutError:
         raise SecretStoreUnavailable(
@@ -171,6 +171,13 @@ async def read_pair(
             retry_after=KEY_VAULT_RETRY_AFTER_S,
             cause="timeout",
         ) from None
+    # Both failed (a first setup with neither stored): name the client id's failure, the pair's first, whichever
+    # answer came back first, so the advice is the same on every run.
+    client_id, client_secret = pair
+    if isinstance(client_id, BaseException):
+        raise client_id
+    if isinstance(client_secret, BaseException):
+        raise client_secret
     return Credentials(client_id=client_id, client_secret=client_secret)
 
 
