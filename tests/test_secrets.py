@@ -98,6 +98,7 @@ async def test_a_failed_read_records_why_once_where_the_sdk_error_is_translated(
         assert "ManagedIdentityCredential" in raised.value.detail or "managed identity" in raised.value.detail.lower()
 
 
+@pytest.mark.slow
 async def test_a_vault_slower_than_the_budget_is_a_timeout(stack: Stack) -> None:
     """The pair's budget running out is its own cause: the vault did not answer in time."""
     stack.kv.latency_s = 2.0

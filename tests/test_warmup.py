@@ -72,6 +72,7 @@ async def close(process: Process) -> None:
         await process.broker.aclose()
 
 
+@pytest.mark.slow
 async def test_a_new_process_s_first_token_waits_on_three_round_trips(
     delayed: StandIns, environ: dict[str, str]
 ) -> None:
@@ -89,6 +90,7 @@ async def test_a_new_process_s_first_token_waits_on_three_round_trips(
         await close(process)
 
 
+@pytest.mark.slow
 async def test_without_the_warm_up_the_first_request_walks_five_or_six_round_trips_in_turn(
     delayed: StandIns, environ: dict[str, str]
 ) -> None:
@@ -115,6 +117,7 @@ class QuietServer(BrokerServer):
         """pytest owns the signals."""
 
 
+@pytest.mark.slow
 async def test_serve_starts_the_warm_up_with_the_server(delayed: StandIns, environ: dict[str, str]) -> None:
     """``python -m broker serve``'s server warms the broker while uvicorn starts: the token is cached before
     any request arrives."""
@@ -137,6 +140,7 @@ async def test_serve_starts_the_warm_up_with_the_server(delayed: StandIns, envir
     assert server.warming.done()
 
 
+@pytest.mark.slow
 async def test_an_unauthenticated_request_adds_no_upstream_work(delayed: StandIns, environ: dict[str, str]) -> None:
     """The warm-up is the process's work: requests without a valid caller token add no trip to it, during or after."""
     process = start_functions(environ)
