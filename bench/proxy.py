@@ -19,7 +19,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import IO, Any
 
 import httpx
 
-from bench.server import ROOT, START_TIMEOUT_S, broker_process, cpu_pinning, listening_url, load
+from bench.server import broker_process, cpu_pinning, listening_process, load
 from bench.stack import StandIns
 from bench.stats import Figure, median
 from broker.standin.dataapi import DataApi
@@ -45,28 +44,10 @@ FLOOR_TARGET_RATIO = 1.3
 @contextlib.contextmanager
 def floor_process(upstream: str, token: str, *, cpu: int | None, log: IO[Any] | None) -> Iterator[str]:
     """``bench.proxy_floor`` (uvicorn + httpx streaming, no checks) in its own process; yields its base URL."""
-    with contextlib.ExitStack() as exits:
-        if log is None:
-            log = exits.enter_context(tempfile.NamedTemporaryFile("w+b", prefix="bench-floor-", suffix=".log"))
-        log.flush()
-        offset = os.path.getsize(log.name)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.proxy_floor", upstream],
-            env={**os.environ, "BENCH_UPSTREAM_TOKEN": token},
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            if cpu is not None:
-                os.sched_setaffinity(process.pid, {cpu})
-            base = listening_url(Path(log.name), offset, process, START_TIMEOUT_S)
-            if base is None:
-                raise RuntimeError(f"bench.proxy_floor did not start (exit code {process.poll()})")
-            yield base
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    command = [sys.executable, "-m", "bench.proxy_floor", upstream]
+    env = {**os.environ, "BENCH_UPSTREAM_TOKEN": token}
+    with listening_process(command, env, name="floor", log=log, cpu=cpu) as base:
+        yield base
 
 
 def _ilevel_token(servers: StandIns) -> str:

@@ -47,31 +47,24 @@ def cpu_pinning() -> tuple[int, int] | None:
 
 
 @contextmanager
-def broker_process(
-    servers: StandIns,
+def listening_process(
+    command: list[str],
+    env: dict[str, str],
     *,
+    name: str,
     log: IO[Any] | None = None,
     cpu: int | None = None,
-    extra_env: dict[str, str] | None = None,
     started: list[subprocess.Popen[bytes]] | None = None,
 ) -> Iterator[str]:
-    """Start ``python -m broker serve`` wired to the stand-ins; yield its base URL once /api/health answers.
+    """Start ``command`` (a server that logs the URL it listens on); yield that URL; stop it on exit.
 
-    ``extra_env`` adds app settings (e.g. proxy mode); ``started`` receives the process (for its memory).
-    """
-    command = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", "0"]
+    ``cpu`` pins it to one CPU; ``started`` receives the process (for its memory)."""
     with contextlib.ExitStack() as exits:
         if log is None:
-            log = exits.enter_context(tempfile.NamedTemporaryFile("w+b", prefix="bench-serve-", suffix=".log"))
+            log = exits.enter_context(tempfile.NamedTemporaryFile("w+b", prefix=f"bench-{name}-", suffix=".log"))
         log.flush()
         offset = os.path.getsize(log.name)
-        process = subprocess.Popen(
-            command,
-            env={**servers.broker_env(), **(extra_env or {})},
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
         if started is not None:
             started.append(process)
         try:
@@ -79,7 +72,7 @@ def broker_process(
                 os.sched_setaffinity(process.pid, {cpu})
             base = listening_url(Path(log.name), offset, process, START_TIMEOUT_S)
             if base is None:
-                raise RuntimeError(f"python -m broker serve did not start (exit code {process.poll()})")
+                raise RuntimeError(f"{' '.join(command[1:])} did not start (exit code {process.poll()})")
             yield base
         finally:
             process.terminate()
@@ -88,6 +81,25 @@ def broker_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def broker_process(
+    servers: StandIns,
+    *,
+    log: IO[Any] | None = None,
+    cpu: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    started: list[subprocess.Popen[bytes]] | None = None,
+) -> Iterator[str]:
+    """Start ``python -m broker serve`` wired to the stand-ins; yield its base URL once it listens.
+
+    ``extra_env`` adds app settings (e.g. proxy mode); ``started`` receives the process (for its memory).
+    """
+    command = [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", "0"]
+    env = {**servers.broker_env(), **(extra_env or {})}
+    with listening_process(command, env, name="serve", log=log, cpu=cpu, started=started) as base:
+        yield base
 
 
 def load(
