@@ -425,6 +425,19 @@ async def test_a_record_for_replaced_credentials_is_not_served(fleet: Fleet) -> 
     assert cold.events["rejected"] >= 1
 
 
+async def test_a_rotation_in_the_same_second_still_refuses_the_old_secrets_record(fleet: Fleet) -> None:
+    """Key Vault's creation times have one-second resolution: when two client-secret versions share the newest
+    second, the fleet cannot tell which is current, so it trusts neither record and the instance fetches."""
+    old = await fleet.instance().fetch()
+    (original,) = await fleet.vault.versions(PROVIDER.client_secret_secret)
+    fleet.vault.set(PROVIDER.client_secret_secret, sensitive(secrets.token_urlsafe(24)), created=original.created)
+    cold = fleet.instance()
+    served = await cold.fetch()
+    assert served != old
+    assert served.credential_versions[1] == fleet.vault.latest(PROVIDER.client_secret_secret)
+    assert cold.events["rejected"] >= 1
+
+
 async def test_a_record_older_than_one_seen_is_not_served(fleet: Fleet) -> None:
     """A replay of the blob's earlier bytes is refused by an instance that has read a newer record."""
     writer, reader = fleet.instance(), fleet.instance()
